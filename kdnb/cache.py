@@ -1,0 +1,147 @@
+"""What is computed once and looked up after: teacher outputs by sample index, trained models
+and their histories on disk keyed by their config.
+
+Files are written atomically (temp file, fsync, rename) with a SHA-256 footer, and read with
+``torch.load(weights_only=True)``: a truncated or bit-flipped file is detected and named, and a
+pickle from elsewhere can't run code.
+"""
+import contextlib
+import fcntl
+import hashlib
+import inspect
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+MAGIC = b"\nKDNB-SHA256:"
+FOOTER = len(MAGIC) + 64
+
+
+class CorruptFileError(ValueError):
+    """A stored file whose checksum does not match: truncated, bit-flipped or not ours."""
+
+
+def cache_dir():
+    """``$KDNB_CACHE`` when set, else ``~/.cache/kdnb``."""
+    return Path(os.environ.get("KDNB_CACHE") or Path.home() / ".cache" / "kdnb")
+
+
+def save(obj, path):
+    """torch.save ``obj`` to ``path`` atomically, with a checksum footer."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload + MAGIC + digest)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dirfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+    return path
+
+
+def load(path, map_location="cpu"):
+    """Read a file written by :func:`save`; raise :class:`CorruptFileError` naming the path when
+    its checksum fails, and refuse anything but tensors and plain containers."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"path {str(path)!r} does not exist")
+    blob = path.read_bytes()
+    payload, magic, digest = blob[:-FOOTER], blob[-FOOTER:-64], blob[-64:]
+    if magic != MAGIC or hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise CorruptFileError(f"{path}: checksum mismatch (truncated, corrupted or not written by kdnb)")
+    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+
+
+@contextlib.contextmanager
+def locked(path):
+    """An exclusive lock beside ``path`` so two processes don't compute the same entry at once."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def key_of(config):
+    """A stable short hash of a JSON-able config."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def source_hash(*objects):
+    """Hash of the source code of functions/classes/modules: a cache key part that changes
+    when the code that builds a model changes."""
+    return hashlib.sha256("".join(inspect.getsource(o) for o in objects).encode()).hexdigest()[:12]
+
+
+def memo(kind, config, compute):
+    """Return the stored value for ``config`` or compute, store and return it.
+
+    A corrupt entry is reported and recomputed. Concurrent callers wait on a lock, so the
+    entry is computed once.
+    """
+    path = cache_dir() / kind / f"{key_of(config)}.pt"
+    with locked(path):
+        if path.exists():
+            try:
+                stored = load(path)
+                if stored.get("config") == json.loads(json.dumps(config, sort_keys=True, default=str)):
+                    return stored["value"]
+            except CorruptFileError as err:
+                import warnings
+                warnings.warn(f"recomputing cache entry: {err}")
+        value = compute()
+        save({"config": json.loads(json.dumps(config, sort_keys=True, default=str)), "value": value}, path)
+        return value
+
+
+class TeacherCache:
+    """A frozen teacher's logits on every training sample, computed once, looked up by index.
+
+    ``cache(batch)`` returns the rows for ``batch.idx``, so a shuffled batch gets the outputs
+    of its own samples. Augmented batches are refused: the stored logits are of clean inputs.
+    """
+
+    def __init__(self, logits):
+        self.logits = logits
+
+    @classmethod
+    def compute(cls, teacher, x, batch_size=1024, device=None):
+        from .train import predict
+        return cls(predict(teacher, x, batch_size=batch_size, device=device))
+
+    def to(self, device):
+        self.logits = self.logits.to(device)
+        return self
+
+    def __len__(self):
+        return len(self.logits)
+
+    def __call__(self, batch):
+        if batch.augmented:
+            raise ValueError("TeacherCache holds logits of un-augmented inputs; with augment=True "
+                             "use a live teacher (kdnb.objectives.FrozenTeacher)")
+        if self.logits.device != batch.idx.device:
+            self.to(batch.idx.device)
+        return self.logits[batch.idx]

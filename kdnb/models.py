@@ -1,0 +1,101 @@
+"""The book's models: MLPs, small 1-D/2-D convnets and a CIFAR ResNet-18.
+
+Every model takes inputs shaped like the data set (``(C, L)`` or ``(C, H, W)``) and returns
+logits. ``build(spec)`` makes a model from a plain dict, so a model is also a cache key.
+"""
+import math
+
+import torch
+from torch import nn
+
+
+def check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_shape(shape):
+    if not isinstance(shape, (tuple, list)) or not shape or not all(
+            isinstance(s, int) and s > 0 for s in shape):
+        raise ValueError(f"in_shape must be a non-empty tuple of positive ints, got {shape!r}")
+    return tuple(shape)
+
+
+def mlp(in_shape, hidden=(128,), classes=10, dropout=0.0):
+    """Flatten → [Linear → ReLU → Dropout] per hidden width → Linear."""
+    in_shape = check_shape(in_shape)
+    check_positive_int("classes", classes)
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    layers, width = [nn.Flatten()], math.prod(in_shape)
+    for h in hidden:
+        check_positive_int("hidden width", h)
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    layers.append(nn.Linear(width, classes))
+    return nn.Sequential(*layers)
+
+
+def convnet(in_shape, depth=2, width=16, classes=10, dims=None, norm=False, hidden=64, dropout=0.0):
+    """``depth`` conv blocks (conv 3 → [BN] → ReLU, halving the size every second block),
+    global average pool, then a small MLP head. ``dims`` (1 or 2) defaults to the input's."""
+    in_shape = check_shape(in_shape)
+    check_positive_int("depth", depth)
+    check_positive_int("width", width)
+    check_positive_int("classes", classes)
+    dims = dims or len(in_shape) - 1
+    if dims not in (1, 2) or len(in_shape) != dims + 1:
+        raise ValueError(f"dims must be 1 or 2 and match in_shape (C, L) or (C, H, W); "
+                         f"got dims={dims!r}, in_shape={in_shape}")
+    Conv, BN, Pool = ((nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d) if dims == 1
+                      else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d))
+    layers, c, size = [], in_shape[0], min(in_shape[1:])
+    for i in range(depth):
+        out = width * 2 ** (i // 2)
+        layers += [Conv(c, out, 3, padding=1, bias=not norm)]
+        layers += [BN(out)] if norm else []
+        layers += [nn.ReLU()]
+        if i % 2 == 1 and size >= 4:
+            layers.append(Pool(2))
+            size //= 2
+        c = out
+    pool = nn.AdaptiveAvgPool1d(1) if dims == 1 else nn.AdaptiveAvgPool2d(1)
+    head = [nn.Flatten(), nn.Linear(c, hidden), nn.ReLU()]
+    head += [nn.Dropout(dropout)] if dropout else []
+    return nn.Sequential(*layers, pool, *head, nn.Linear(hidden, classes))
+
+
+def resnet18_cifar(in_shape=(3, 32, 32), classes=10):
+    """torchvision's ResNet-18 with the CIFAR stem: a 3×3 stride-1 first conv and no max-pool."""
+    import torchvision
+    in_shape = check_shape(in_shape)
+    m = torchvision.models.resnet18(num_classes=check_positive_int("classes", classes))
+    m.conv1 = nn.Conv2d(in_shape[0], 64, 3, stride=1, padding=1, bias=False)
+    m.maxpool = nn.Identity()
+    return m
+
+
+BUILDERS = {"mlp": mlp, "convnet": convnet, "resnet18_cifar": resnet18_cifar}
+
+
+def build(spec, in_shape, classes, seed=None):
+    """Make a model from ``{"name": ..., **kwargs}``; with ``seed`` its initial weights are fixed."""
+    if not isinstance(spec, dict) or spec.get("name") not in BUILDERS:
+        raise ValueError(f"model spec must be a dict with name one of {', '.join(BUILDERS)}; got {spec!r}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k != "name"}
+    if seed is not None:
+        torch.manual_seed(seed)
+    return BUILDERS[spec["name"]](in_shape=in_shape, classes=classes, **kwargs)
+
+
+def count_params(model):
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def size_bytes(model):
+    """Bytes of parameters and buffers, as they would be saved."""
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))

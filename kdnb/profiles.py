@@ -1,0 +1,42 @@
+"""Run profiles. ``quick`` (the default) runs every chapter on this laptop-class CPU in about
+90 s on the embedded data; ``full`` runs the seeds' data sets at their scale and wants a GPU.
+Chosen by ``$KDNB_PROFILE``."""
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    data: str                 # the chapters' default data set
+    teacher: dict             # model spec of the default teacher
+    student: dict             # model spec of the default student
+    epochs: int               # student epochs
+    teacher_epochs: int
+    batch_size: int
+    lr: float
+    seeds: tuple = (0, 1, 2)
+    extra: dict = field(default_factory=dict)
+
+
+PROFILES = {
+    "quick": Profile(
+        name="quick", data="mnist1d",
+        teacher={"name": "convnet", "depth": 4, "width": 32, "hidden": 128},
+        student={"name": "mlp", "hidden": [64]},
+        epochs=30, teacher_epochs=30, batch_size=128, lr=3e-3),
+    "full": Profile(
+        name="full", data="mnist",
+        teacher={"name": "mlp", "hidden": [1200, 1200], "dropout": 0.5},
+        student={"name": "mlp", "hidden": [800, 800]},
+        epochs=60, teacher_epochs=60, batch_size=128, lr=1e-3),
+}
+
+
+def get(name=None):
+    """The profile ``name``, else ``$KDNB_PROFILE``, else ``quick``."""
+    name = name or os.environ.get("KDNB_PROFILE") or "quick"
+    if name not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)} (from KDNB_PROFILE or the "
+                         f"argument), got {name!r}")
+    return PROFILES[name]
