@@ -16,11 +16,12 @@ def check_number(name, value, low=None, high=None, low_open=False, high_open=Fal
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
+    # An unbounded end is open: infinities are refused like any other out-of-range value.
+    lo = "(" if low_open or low is None else "["
+    hi = ")" if high_open or high is None else "]"
     allowed = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number in {allowed}, got {value!r}")
     if low is not None and (value < low or (low_open and value == low)):
         raise ValueError(f"{name} must be in {allowed}, got {value!r}")
     if high is not None and (value > high or (high_open and value == high)):
