@@ -1,0 +1,35 @@
+"""Shared test set-up: a private kdnb cache and data folder per test session, no progress bars,
+one thread (the CI machine has two cores shared with other jobs)."""
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # tiny models: one thread beats two that wait on each other
+
+
+@pytest.fixture(autouse=True, scope="session")
+def kdnb_env(tmp_path_factory):
+    """Point $KDNB_CACHE and $KDNB_DATA at fresh folders so tests never read or write the user's
+    cache or data sets; the cache is shared within the session so mnist1d is generated once."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KDNB_CACHE", str(tmp_path_factory.mktemp("kdnb-cache")))
+        mp.setenv("KDNB_DATA", str(tmp_path_factory.mktemp("kdnb-data")))
+        mp.setenv("KDNB_PROGRESS", "0")
+        mp.delenv("KDNB_DEVICE", raising=False)
+        mp.delenv("KDNB_PROFILE", raising=False)
+        yield
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from kdnb import data
+    return data.load("digits")
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty cache folder for tests that count what gets computed."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("KDNB_CACHE", str(path))
+    return path

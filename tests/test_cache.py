@@ -1,0 +1,236 @@
+"""kdnb.cache: atomic checksummed files, memo by config, trained models computed once, and
+TeacherCache lookups by sample index."""
+import os
+import pickle
+import warnings
+
+import pytest
+import torch
+
+from kdnb import cache, models, train
+from kdnb.cache import CorruptFileError, TeacherCache
+from kdnb.objectives import Distill
+from kdnb.train import Batch
+
+FIT = dict(epochs=2, batch_size=64, lr=3e-3, device="cpu", progress=False)
+
+
+def sample():
+    return {"w": torch.randn(3, 4), "ints": torch.arange(5), "nested": [1, 2.5, "x", {"b": torch.ones(2)}],
+            "flag": True, "none": None}
+
+
+def assert_same(a, b):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same(x, y)
+    else:
+        assert a == b
+
+
+def test_save_load_round_trip(tmp_path):
+    obj = sample()
+    path = cache.save(obj, tmp_path / "deep" / "er" / "x.pt")  # parent folders are made
+    assert_same(cache.load(path), obj)
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "x.pt"
+    cache.save({"v": torch.zeros(3)}, path)
+    assert os.listdir(tmp_path) == ["x.pt"]  # no temp file left behind
+
+    # A crash between writing and renaming leaves the old file intact and no temp file.
+    def crash(src, dst):
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(cache.os, "replace", crash)
+    with pytest.raises(OSError, match="disk went away"):
+        cache.save({"v": torch.ones(3)}, path)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["x.pt"]
+    assert torch.equal(cache.load(path)["v"], torch.zeros(3))
+
+
+def test_truncated_file_is_detected(tmp_path):
+    path = cache.save(sample(), tmp_path / "x.pt")
+    blob = path.read_bytes()
+    for cut in (1, 70, len(blob) // 2):
+        path.write_bytes(blob[:-cut])
+        with pytest.raises(CorruptFileError, match=str(path)):
+            cache.load(path)
+
+
+def test_bit_flip_is_detected(tmp_path):
+    path = cache.save(sample(), tmp_path / "x.pt")
+    blob = bytearray(path.read_bytes())
+    for where in (10, len(blob) // 2, len(blob) - 100):
+        flipped = blob.copy()
+        flipped[where] ^= 0x01
+        path.write_bytes(bytes(flipped))
+        with pytest.raises(CorruptFileError, match=str(path)):
+            cache.load(path)
+
+
+def test_foreign_files_are_refused(tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.zeros(2)}, plain)  # a valid torch file, but not one of ours
+    with pytest.raises(CorruptFileError, match=str(plain)):
+        cache.load(plain)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        cache.load(tmp_path / "missing.pt")
+
+
+class Payload:
+    """Unpickling this runs code: it makes a folder. weights_only loading must refuse it."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.mkdir, (self.target,))
+
+
+def test_load_runs_no_code_from_the_file(tmp_path):
+    target = tmp_path / "created-by-unpickling"
+    path = cache.save({"x": Payload(str(target))}, tmp_path / "evil.pt")  # a valid checksum
+    with pytest.raises((CorruptFileError, pickle.UnpicklingError)):
+        cache.load(path)
+    assert not target.exists()
+
+
+def test_key_of_is_stable_and_order_free():
+    a = cache.key_of({"a": 1, "b": [1, 2], "c": {"x": 0.5}})
+    assert a == cache.key_of({"c": {"x": 0.5}, "b": [1, 2], "a": 1})
+    assert a != cache.key_of({"a": 2, "b": [1, 2], "c": {"x": 0.5}})
+    assert len(a) == 16
+
+
+def test_memo_computes_once_then_loads(fresh_cache):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"w": torch.randn(4)}
+
+    config = {"name": "thing", "size": 4}
+    first = cache.memo("things", config, compute)
+    second = cache.memo("things", dict(reversed(list(config.items()))), compute)
+    assert len(calls) == 1
+    assert torch.equal(first["w"], second["w"])
+    files = list((fresh_cache / "things").glob("*.pt"))
+    assert len(files) == 1 and files[0].stem == cache.key_of(config)
+
+    other = cache.memo("things", {"name": "thing", "size": 5}, compute)
+    assert len(calls) == 2 and not torch.equal(other["w"], first["w"])
+    assert len(list((fresh_cache / "things").glob("*.pt"))) == 2
+    assert not list(fresh_cache.rglob("*.tmp"))
+
+
+def test_memo_recomputes_a_corrupt_entry(fresh_cache):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.full((3,), float(len(calls)))
+
+    cache.memo("things", {"k": 1}, compute)
+    path = next((fresh_cache / "things").glob("*.pt"))
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.warns(UserWarning, match="recomputing cache entry"):
+        value = cache.memo("things", {"k": 1}, compute)
+    assert len(calls) == 2 and torch.equal(value, torch.full((3,), 2.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the repaired entry loads cleanly
+        assert torch.equal(cache.memo("things", {"k": 1}, compute), value)
+    assert len(calls) == 2
+
+
+def test_cache_dir_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDNB_CACHE", str(tmp_path / "c"))
+    assert cache.cache_dir() == tmp_path / "c"
+
+
+@pytest.fixture
+def count_fits(monkeypatch):
+    calls = []
+    real_fit = train.fit
+
+    def counting_fit(*args, **kwargs):
+        calls.append(1)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", counting_fit)
+    return calls
+
+
+def test_trained_computes_once(digits, fresh_cache, count_fits):
+    spec = {"name": "mlp", "hidden": [16]}
+    m1, h1 = train.trained(spec, digits, seed=0, **FIT)
+    m2, h2 = train.trained(spec, digits, seed=0, **FIT)
+    assert len(count_fits) == 1  # the second call loaded from disk
+    assert h1 == h2 and not m1.training and not m2.training
+    assert all(torch.equal(v, m2.state_dict()[k]) for k, v in m1.state_dict().items())
+    assert train.evaluate(m2, digits.x_val, digits.y_val) == h1["best_val_acc"]
+    # Anything in the config makes another entry: seed, fit arguments, model, data.
+    train.trained(spec, digits, seed=1, **FIT)
+    train.trained(spec, digits, seed=0, **{**FIT, "lr": 1e-3})
+    train.trained({"name": "mlp", "hidden": [8]}, digits, seed=0, **FIT)
+    train.trained(spec, digits.subset(0.5), seed=0, **FIT)
+    assert len(count_fits) == 5
+    assert len(list((fresh_cache / "models").glob("*.pt"))) == 5
+
+
+def test_trained_keys_on_the_teacher(digits, fresh_cache, count_fits):
+    spec = {"name": "mlp", "hidden": [16]}
+    teachers = [models.build(spec, digits.shape, 10, seed=s) for s in (1, 2)]
+    for teacher in teachers:
+        train.trained(spec, digits, Distill(teacher, T=4.0, alpha=0.5), **FIT)
+    assert len(count_fits) == 2  # two teachers, two students: never one entry for both
+    train.trained(spec, digits, Distill(teachers[0], T=4.0, alpha=0.5), **FIT)
+    assert len(count_fits) == 2
+    train.trained(spec, digits, Distill(teachers[0], T=2.0, alpha=0.5), **FIT)
+    assert len(count_fits) == 3
+
+
+def test_teacher_cache_looks_up_by_index():
+    logits = torch.arange(20 * 3, dtype=torch.float32).reshape(20, 3)
+    tc = TeacherCache(logits)
+    assert len(tc) == 20
+    idx = torch.tensor([7, 2, 19, 0])
+    batch = Batch(torch.zeros(4, 1), torch.zeros(4, dtype=torch.long), idx)
+    assert torch.equal(tc(batch), logits[idx])
+
+
+def test_teacher_cache_compute_matches_the_teacher(digits):
+    teacher = models.mlp(digits.shape, hidden=(16,), dropout=0.5).train()
+    tc = TeacherCache.compute(teacher, digits.x_train, batch_size=100)
+    assert teacher.training  # the teacher's mode is restored
+    teacher.eval()
+    with torch.no_grad():
+        assert torch.allclose(tc.logits, teacher(digits.x_train), atol=1e-6)
+    assert not tc.logits.requires_grad
+
+
+def test_teacher_cache_refuses_augmented_batches(digits):
+    tc = TeacherCache(torch.zeros(len(digits.y_train), 10))
+    batch = Batch(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), torch.tensor([0, 1]), augmented=True)
+    with pytest.raises(ValueError, match="TeacherCache holds logits of un-augmented inputs"):
+        tc(batch)
+    student = models.mlp(digits.shape, hidden=(16,))
+    with pytest.raises(ValueError, match="un-augmented"):
+        train.fit(student, digits, Distill(tc), augment=True, **FIT)
+
+
+def test_distill_checks_the_cache_against_the_data(digits):
+    student = models.mlp(digits.shape, hidden=(16,))
+    with pytest.raises(ValueError, match=f"teacher cache holds 10 rows but the training split has {len(digits.y_train)}"):
+        train.fit(student, digits, Distill(TeacherCache(torch.zeros(10, 10))), **FIT)
+    with pytest.raises(ValueError, match="teacher outputs 3 classes but data 'digits' has 10"):
+        train.fit(student, digits, Distill(TeacherCache(torch.zeros(len(digits.y_train), 3))), **FIT)
