@@ -1,0 +1,364 @@
+"""The built web site, as a reader meets it: every chapter page opened in headless Chromium.
+
+The site is served from 127.0.0.1 and every request to any other host is recorded and refused,
+so the pages must work offline. Per page: the title renders, every image loaded, the math is
+typeset by MathJax, no output holds a Python traceback, the widgets draw from their saved state,
+the kernel-free animation sliders change the shown frame, each chapter says how it was run, and
+no script error; from a web server and from file://. Screenshots land in _build/screenshots/ for a person to look at.
+
+Building the site executes every chapter (minutes), so the test reuses _build/html when the
+stamp `_build/.book-built` (written after a successful `make book`, or by this test) is newer
+than book/, kdnb/, _config.yml and _toc.yml; else it builds it first, like `make book`.
+KDNB_SITE_REUSE=1 tests whatever is in _build/html as it is.
+
+The browser is Debian's chromium (`apt-get install chromium`, done here when missing and we may)
+driven by Playwright (`pip install playwright`; never `playwright install`)."""
+import functools
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "_build"
+HTML = BUILD / "html"
+BUILT = BUILD / ".book-built"
+SHOTS = BUILD / "screenshots"
+SOURCES = ["book", "kdnb", "_config.yml", "_toc.yml"]
+WAIT_MS = 20_000  # for MathJax and the widget manager to finish drawing
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chapters(toc=ROOT / "_toc.yml"):
+    """The pages of _toc.yml in reading order, as paths without suffix (book/00_intro, ...)."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key in ("root", "file"):
+                if key in node:
+                    found.append(node[key])
+            for value in node.values():
+                walk(value if isinstance(value, list) else None)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(yaml.safe_load(toc.read_text()))
+    return [re.sub(r"\.(md|ipynb)$", "", f) for f in found]
+
+
+def newest_source():
+    files = [p for name in SOURCES for p in ([ROOT / name] if (ROOT / name).is_file()
+                                              else (ROOT / name).rglob("*"))
+             if p.is_file() and "__pycache__" not in p.parts and ".ipynb_checkpoints" not in p.parts]
+    return max(p.stat().st_mtime for p in files)
+
+
+def source_of(page):
+    path = ROOT / f"{page}.md"
+    return path.read_text() if path.exists() else ""
+
+
+def code_of(page):
+    """The code cells' source of a MyST chapter, joined."""
+    return "\n".join(re.findall(r"^```\{code-cell\}[^\n]*\n(.*?)^```", source_of(page), re.M | re.S))
+
+
+def build_errors(text):
+    """The Sphinx warnings and the failing cell of a build log, else its end."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    lines = text.splitlines()
+    found = [line for line in lines if re.search(r": (WARNING|ERROR|CRITICAL)", line)][:20]
+    for i, line in enumerate(lines):
+        if "An error occurred while executing the following cell" in line:
+            found += lines[i:i + 20]
+            break
+    return "\n".join(found or lines[-40:])
+
+
+@pytest.fixture(scope="module")
+def site():
+    """_build/html, built first when missing or older than its sources."""
+    fresh = BUILT.exists() and (HTML / "index.html").exists() and BUILT.stat().st_mtime >= newest_source()
+    if not fresh and os.environ.get("KDNB_SITE_REUSE") != "1":
+        BUILT.unlink(missing_ok=True)
+        BUILD.mkdir(exist_ok=True)
+        log = BUILD / "book.log"
+        jb = Path(sys.executable).with_name("jupyter-book")
+        with open(log, "w") as out:  # same command as `make book`; --all as kdnb/ may have changed
+            run = subprocess.run([str(jb), "build", "--all", ".", "-W", "--keep-going"], cwd=ROOT,
+                                 stdout=out, stderr=subprocess.STDOUT)
+        if run.returncode != 0:
+            pytest.fail(f"building the site failed (exit {run.returncode}); from {log}:\n{build_errors(log.read_text())}")
+        BUILT.touch()
+    if not (HTML / "index.html").exists():
+        pytest.fail(f"no site in {HTML}")
+    return HTML
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    handler = functools.partial(Quiet, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def chromium():
+    """Path of Debian's chromium, installed with apt-get when missing and we are root."""
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return shutil.which(name)
+    why = "chromium is not installed"
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
+        run = subprocess.run(install, env=env, capture_output=True, text=True)
+        if run.returncode != 0:  # stale package lists: refresh once
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+            run = subprocess.run(install, env=env, capture_output=True, text=True)
+        if shutil.which("chromium"):
+            return shutil.which("chromium")
+        why += f" and `{' '.join(install)}` failed:\n{(run.stdout + run.stderr)[-2000:]}"
+    else:
+        why += " and cannot be installed here (needs root and apt-get): run `apt-get install chromium`"
+    if os.environ.get("CI"):
+        pytest.fail(why)  # CI can install it, so there the test must run
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    path = chromium()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page that records every request and refuses those leaving 127.0.0.1."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.external, pg.broken, pg.errors = [], [], []
+
+    def route(r):
+        url = r.request.url
+        if urlsplit(url).scheme in ("http", "https", "ws", "wss") and urlsplit(url).hostname != "127.0.0.1":
+            pg.external.append(url)
+            return r.abort()
+        return r.continue_()
+
+    def answered(response):
+        if response.status >= 400 and urlsplit(response.url).path != "/favicon.ico":
+            pg.broken.append(f"{response.status} {response.url}")
+
+    context.route("**/*", route)
+    pg.on("response", answered)
+    pg.on("requestfailed", lambda r: urlsplit(r.url).hostname == "127.0.0.1" and r.response() is None
+          and pg.broken.append(f"failed ({r.failure}) {r.url}"))
+    pg.on("websocket", lambda ws: pg.external.append(ws.url))
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    yield pg
+    context.close()
+
+
+def wait_quietly(pg, script, timeout=None):
+    from playwright.sync_api import TimeoutError
+    try:
+        pg.wait_for_function(script, timeout=timeout or WAIT_MS)
+        return True
+    except TimeoutError:
+        return False
+
+
+def check_animations(pg):
+    """Move each to_jshtml animation's slider like a reader would (a click near its right end);
+    the value and the shown frame must change. Returns the problems found."""
+    problems = []
+    animations = pg.locator("div.animation")
+    for i in range(animations.count()):
+        anim = animations.nth(i)
+        slider, img = anim.locator("input[type=range]"), anim.locator("img")
+        if slider.count() != 1 or img.count() != 1:
+            problems.append(f"animation {i}: expected one slider and one image")
+            continue
+        slider.scroll_into_view_if_needed()
+        last = int(slider.get_attribute("max") or 0)
+        before, src_before = slider.input_value(), img.get_attribute("src")
+        if last < 1:
+            problems.append(f"animation {i}: only one frame (slider max {last})")
+            continue
+        box = slider.bounding_box()
+        pg.mouse.click(box["x"] + box["width"] * 0.9, box["y"] + box["height"] / 2)
+        after, src_after = slider.input_value(), img.get_attribute("src")
+        if after == before:
+            problems.append(f"animation {i}: the slider did not move (value {before})")
+        elif src_after == src_before:
+            problems.append(f"animation {i}: slider moved {before} -> {after} but the frame did not change")
+    return problems
+
+
+def inspect(page, code, screenshot=None):
+    """What is wrong with the loaded page, whose chapter has code cells ``code``; saves a
+    screenshot once the page has drawn, before moving its sliders."""
+    problems = []
+
+    # title
+    h1 = page.locator("article h1").first
+    title = h1.inner_text().strip().rstrip("#").strip() if h1.count() else ""
+    if not title or not h1.is_visible():
+        problems.append("no visible <h1> title")
+    elif title not in page.title():
+        problems.append(f"page title {page.title()!r} does not name the heading {title!r}")
+
+    # math: every math element typeset by MathJax, none in error
+    n_math = page.locator("article .math").count()
+    if n_math:
+        if not wait_quietly(page, "() => window.MathJax && MathJax.startup && MathJax.startup.promise"):
+            problems.append(f"{n_math} math elements but MathJax never started")
+        else:
+            page.evaluate("() => MathJax.startup.promise")
+            bare = page.locator("article .math:not(:has(mjx-container))").count()
+            if bare:
+                problems.append(f"{bare} of {n_math} math elements not typeset")
+            if page.locator("mjx-merror").count():
+                problems.append("MathJax reports a TeX error: " + page.locator("mjx-merror").first.inner_text())
+
+    # widgets: each saved view drawn by the HTML manager, and a chapter using ipywidgets has some
+    views = page.locator('script[type="application/vnd.jupyter.widget-view+json"]').count()
+    if views and not wait_quietly(page, f"() => document.querySelectorAll("
+                                        f"'.widget-subarea .jupyter-widgets').length >= {views}"):
+        drawn = page.locator(".widget-subarea .jupyter-widgets").count()
+        problems.append(f"{views} widget views saved but {drawn} drawn")
+    if re.search(r"\bipywidgets\b|\binteract\(", code) and not views:
+        problems.append("the chapter uses ipywidgets but the page has no widget state "
+                        "(not saved when the notebook ran?)")
+
+    # images: every one loaded
+    wait_quietly(page, "() => [...document.images].every(i => i.complete)")
+    broken = page.evaluate("() => [...document.images].filter(i => !(i.naturalWidth > 0))"
+                           ".map(i => (i.getAttribute('src') || '').slice(0, 80))")
+    problems += [f"image not loaded: {src}" for src in broken]
+
+    # outputs: no traceback
+    outputs = " ".join(page.locator(".cell_output").all_inner_texts())
+    if "Traceback (most recent call last)" in outputs or page.locator(".output.traceback, .output.error").count():
+        problems.append("an output holds a Python traceback")
+
+    # how the chapter was run, for chapters with code
+    if code.strip():
+        info = page.locator(".kdnb-run-info")
+        if not info.count() or "profile" not in info.inner_text():
+            problems.append("no run time / profile line under the title")
+
+    if screenshot:
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(screenshot), full_page=True)
+    problems += check_animations(page)
+    problems += [f"request to an outside host: {url}" for url in page.external]
+    problems += [f"missing file: {r}" for r in page.broken]
+    problems += [f"script error: {e}" for e in page.errors]
+    return problems
+
+
+PAGES = chapters()
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_page(name, server, page):
+    page.goto(f"{server}/{name}.html", wait_until="load")
+    problems = inspect(page, code_of(name), screenshot=SHOTS / f"{Path(name).name}.png")
+    assert not problems, f"{name}.html:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_page_from_file(name, site, page):
+    """Readers also open the site straight from disk."""
+    page.goto((site / f"{name}.html").as_uri(), wait_until="load")
+    problems = inspect(page, code_of(name))
+    assert not problems, f"{name}.html:\n  " + "\n  ".join(problems)
+
+
+BAD_PAGE = """<html><head><title>Other</title></head><body><main><article>
+<h1>Broken</h1>
+<img src="/missing.png"><img src="https://cdn.example.org/logo.png">
+<span class="math">\\(x^2\\)</span>
+<div class="cell_output"><pre>Traceback (most recent call last):\n  File "x", line 1</pre></div>
+<div class="cell_output"><script type="application/vnd.jupyter.widget-view+json">{}</script></div>
+<div class="animation"><img src="data:image/gif;base64,R0lGODlhAQABAAAAACw="><input type="range" min="0" max="3" value="0"></div>
+<script>undefined_function()</script>
+</article></main></body></html>"""
+
+
+def test_inspect_finds_problems(page, monkeypatch):
+    """The checks can fail: a page with each fault gets each one reported."""
+    monkeypatch.setattr(sys.modules[__name__], "WAIT_MS", 500)
+    url = "http://127.0.0.1:9/bad.html"  # answered here; nothing listens on port 9
+    page.route(url, lambda r: r.fulfill(body=BAD_PAGE, content_type="text/html"))
+    page.route("**/missing.png", lambda r: r.fulfill(status=404, body="not found"))
+    page.goto(url, wait_until="load")
+    report = "\n".join(inspect(page, "import ipywidgets\nx = 1"))
+    for fault in ["does not name the heading", "MathJax never started", "1 widget views saved but 0 drawn",
+                  "image not loaded: /missing.png", "missing file: 404 http://127.0.0.1:9/missing.png", "traceback", "no run time", "frame did not change",
+                  "outside host: https://cdn.example.org/logo.png", "script error"]:
+        assert fault in report, f"{fault!r} not reported in:\n{report}"
+
+
+def test_pages_come_from_toc():
+    """The test covers every chapter: each page of _toc.yml exists as a source."""
+    assert PAGES, "_toc.yml names no pages"
+    missing = [p for p in PAGES if not any((ROOT / f"{p}{s}").exists() for s in (".md", ".ipynb"))]
+    assert not missing, f"_toc.yml names pages without a source: {missing}"
+
+
+def test_offline_assets_are_complete(tmp_path):
+    """What the pages load from _static/offline/ is there, with the files it loads in turn."""
+    from kdnb import site as kdnb_site
+    kdnb_site.install_assets(tmp_path, BUILD / ".assets")
+    static = tmp_path
+    for path in (kdnb_site.MATHJAX, kdnb_site.REQUIRE, kdnb_site.WIDGETS, kdnb_site.FONT_AWESOME):
+        assert (static / path).stat().st_size > 1000, path
+    assert "require.config" in (static / kdnb_site.WIDGETS_PATHS).read_text()
+    embed = (static / kdnb_site.WIDGETS).read_text()
+    fonts = set(re.findall(r'\.p\+"([0-9a-f]+\.(?:woff2?|ttf|eot|svg))"', embed))
+    assert fonts and all((static / kdnb_site.WIDGETS).with_name(f).exists() for f in fonts)
+    css = (static / kdnb_site.FONT_AWESOME).read_text()
+    for font in re.findall(r"url\('\.\./fonts/([^?#']+)", css):
+        assert (static / kdnb_site.FONT_AWESOME).parent.parent.joinpath("fonts", font).exists(), font
+    mathjax = static / kdnb_site.MATHJAX
+    assert (mathjax.parent / "output/chtml/fonts/woff-v2/MathJax_Main-Regular.woff").exists()
+    assert (mathjax.parent / "input/tex/extensions/boldsymbol.js").exists()  # loaded on demand
+
+
+def test_missing_npm_is_a_clear_error(tmp_path, monkeypatch):
+    from kdnb import site as kdnb_site
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=r"npm not found.*mathjax@3\.2\.2"):
+        kdnb_site.tarball("mathjax", "3.2.2", tmp_path)
+
+
+def test_run_info_line():
+    from kdnb.site import run_info
+    assert run_info(12.34, "quick", "cpu") == "This page's code ran in 12.3 s (quick profile, cpu)."
+    assert run_info(125, "full", "cuda") == "This page's code ran in 2 min 5 s (full profile, cuda)."
