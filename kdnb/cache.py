@@ -12,6 +12,7 @@ import inspect
 import io
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -61,13 +62,18 @@ def load(path, map_location="cpu"):
     """Read a file written by :func:`save`; raise :class:`CorruptFileError` naming the path when
     its checksum fails, and refuse anything but tensors and plain containers."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"path {str(path)!r} does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(f"path {str(path)!r} does not exist or is not a file; pass a file written by "
+                                f"kdnb.cache.save")
     blob = path.read_bytes()
     payload, magic, digest = blob[:-FOOTER], blob[-FOOTER:-64], blob[-64:]
     if magic != MAGIC or hashlib.sha256(payload).hexdigest().encode() != digest:
         raise CorruptFileError(f"{path}: checksum mismatch (truncated, corrupted or not written by kdnb)")
-    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    try:
+        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # a checksummed file may still come from elsewhere
+        raise CorruptFileError(f"{path}: refused, it holds objects other than tensors and plain containers "
+                               f"({str(err).splitlines()[0]})") from None
 
 
 @contextlib.contextmanager

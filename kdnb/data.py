@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .losses import check_number
+from .models import check_positive_int
 
 EMBEDDED = ("digits", "mnist1d")
 TORCHVISION = ("mnist", "fashion_mnist", "cifar10", "svhn")
@@ -30,6 +31,8 @@ class Data:
     y_test: torch.Tensor
     classes: int
     shape: tuple
+    mean: torch.Tensor = None  # the training split's statistics, to scale new inputs the same way
+    std: torch.Tensor = None
 
     def split(self, which):
         if which not in ("train", "val", "test"):
@@ -81,19 +84,49 @@ def load(name, root=None, val_fraction=0.1, seed=0, fraction=1.0, download=False
         raise FileNotFoundError(f"root {str(root)!r} does not exist; pass an existing folder that "
                                 f"holds the {name} files, or download=True")
     x, y, x_test, y_test, classes = LOADERS[name](data_root(root), download)
-    x, x_test = normalise(x, x_test)
+    mean, std = statistics(x)
+    x, x_test = (x - mean) / std, (x_test - mean) / std
     val = stratified_pick(y, val_fraction, seed)
     train = torch.ones(len(y), dtype=torch.bool)
     train[val] = False
-    data = Data(name, x[train], y[train], x[val], y[val], x_test, y_test, classes, tuple(x.shape[1:]))
+    data = Data(name, x[train], y[train], x[val], y[val], x_test, y_test, classes, tuple(x.shape[1:]), mean, std)
     return data.subset(fraction, seed)
 
 
-def normalise(x, x_test):
-    """Scale by the training split's per-channel mean and std (never the test split's)."""
+def statistics(x):
+    """Per-channel mean and std of the training inputs: every split is scaled by these (never
+    by the test split's own)."""
     dims = [0] + list(range(2, x.dim()))
-    mean, std = x.mean(dims, keepdim=True), x.std(dims, keepdim=True).clamp_min(1e-6)
-    return (x - mean) / std, (x_test - mean) / std
+    return x.mean(dims, keepdim=True), x.std(dims, keepdim=True).clamp_min(1e-6)
+
+
+def make_mnist1d(n, seed):
+    from mnist1d.data import get_dataset_args, make_dataset
+    args = get_dataset_args(as_dict=False)
+    args.num_samples, args.seed = n, seed
+    d = make_dataset(args)  # generated locally from the package's templates: no download
+    return {k: torch.as_tensor(np.asarray(d[k])) for k in ("x", "y", "x_test", "y_test")}
+
+
+def with_transfer_set(data, n, seed=1):
+    """``data`` whose training split also holds ``n`` fresh MNIST-1D signals from the same
+    generator (another seed): a transfer set for a teacher to label.
+
+    Their true labels ride along only so that train accuracy can be reported; an objective
+    with ``labels=False`` never shows them to the student.
+    """
+    from .cache import memo
+    if data.name != "mnist1d":
+        raise ValueError(f"data must be the mnist1d data set (its generator makes fresh inputs), got {data.name!r}")
+    n = check_positive_int("n", n)
+    if seed == 42:
+        raise ValueError("seed must differ from 42, the seed of the embedded MNIST-1D split")
+    d = memo("data", {"name": "mnist1d", "n": n, "seed": seed, "generator": "mnist1d.make_dataset"},
+             lambda: make_mnist1d(n, seed))
+    x = torch.cat([d["x"], d["x_test"]]).float()[:, None][:n]
+    y = torch.cat([d["y"], d["y_test"]]).long()[:n]
+    return replace(data, x_train=torch.cat([data.x_train, (x - data.mean) / data.std]),
+                   y_train=torch.cat([data.y_train, y]))
 
 
 def load_digits(root, download):
@@ -111,13 +144,8 @@ def load_digits(root, download):
 def load_mnist1d(root, download):
     from .cache import memo
 
-    def make():
-        from mnist1d.data import get_dataset_args, make_dataset
-        args = get_dataset_args(as_dict=False)
-        d = make_dataset(args)  # generated locally from the package's templates: no download
-        return {k: torch.as_tensor(np.asarray(d[k])) for k in ("x", "y", "x_test", "y_test")}
-
-    d = memo("data", {"name": "mnist1d", "generator": "mnist1d.make_dataset", "args": "default"}, make)
+    d = memo("data", {"name": "mnist1d", "generator": "mnist1d.make_dataset", "args": "default"},
+             lambda: make_mnist1d(4000 + 1000, 42))
     x = d["x"].float()[:, None]  # (N, 1, 40)
     return x, d["y"].long(), d["x_test"].float()[:, None], d["y_test"].long(), 10
 

@@ -3,10 +3,13 @@
 Every model takes inputs shaped like the data set (``(C, L)`` or ``(C, H, W)``) and returns
 logits. ``build(spec)`` makes a model from a plain dict, so a model is also a cache key.
 """
+import inspect
 import math
 
 import torch
 from torch import nn
+
+from .losses import check_number
 
 
 def check_positive_int(name, value):
@@ -26,8 +29,7 @@ def mlp(in_shape, hidden=(128,), classes=10, dropout=0.0):
     """Flatten → [Linear → ReLU → Dropout] per hidden width → Linear."""
     in_shape = check_shape(in_shape)
     check_positive_int("classes", classes)
-    if not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    check_number("dropout", dropout, low=0, high=1, high_open=True)
     layers, width = [nn.Flatten()], math.prod(in_shape)
     for h in hidden:
         check_positive_int("hidden width", h)
@@ -46,6 +48,7 @@ def convnet(in_shape, depth=2, width=16, classes=10, dims=None, norm=False, hidd
     check_positive_int("depth", depth)
     check_positive_int("width", width)
     check_positive_int("classes", classes)
+    check_number("dropout", dropout, low=0, high=1, high_open=True)
     dims = dims or len(in_shape) - 1
     if dims not in (1, 2) or len(in_shape) != dims + 1:
         raise ValueError(f"dims must be 1 or 2 and match in_shape (C, L) or (C, H, W); "
@@ -86,6 +89,11 @@ def build(spec, in_shape, classes, seed=None):
     if not isinstance(spec, dict) or spec.get("name") not in BUILDERS:
         raise ValueError(f"model spec must be a dict with name one of {', '.join(BUILDERS)}; got {spec!r}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k != "name"}
+    allowed = [p for p in inspect.signature(BUILDERS[spec["name"]]).parameters if p not in ("in_shape", "classes")]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"model spec key {unknown[0]!r} is not an argument of {spec['name']}; "
+                         f"allowed: {', '.join(sorted(allowed))}")
     if seed is not None:
         torch.manual_seed(seed)
     return BUILDERS[spec["name"]](in_shape=in_shape, classes=classes, **kwargs)

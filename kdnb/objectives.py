@@ -4,6 +4,9 @@ A distillation method is one of these, never a branch in the loop. Objectives ar
 ``nn.Module``s, so any trainable part they own (a projector, a discriminator) is moved to
 the device and optimised with the student.
 """
+import hashlib
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,6 +85,12 @@ class Distill(nn.Module):
             if self.teacher.logits.shape[1] != data.classes:
                 raise ValueError(f"teacher outputs {self.teacher.logits.shape[1]} classes but data "
                                  f"{data.name!r} has {data.classes}")
+        if isinstance(self.teacher, FrozenTeacher):
+            from .train import predict
+            classes = predict(self.teacher.model, data.x_train[:2]).shape[1]
+            if classes != data.classes:
+                raise ValueError(f"teacher outputs {classes} classes but data {data.name!r} has {data.classes}; "
+                                 f"distill from a teacher trained on it")
 
     def forward(self, out, batch):
         return losses._hinton(logits_of(out), self.teacher(batch), batch.y if self.labels else None,
@@ -92,6 +101,26 @@ def describe(objective):
     """A JSON-able description of an objective, for cache keys."""
     if objective is None:
         return "CrossEntropy()"
-    fields = {k: v for k, v in vars(objective).items() if not k.startswith("_") and k != "training"
+    items = {**vars(objective), **getattr(objective, "_modules", {})}
+    fields = {k: v for k, v in items.items() if not k.startswith("_") and k != "training"
               and isinstance(v, (int, float, str, bool))}
+    # Which teacher and which schedule matter as much as T: two teachers must not share an entry.
+    fields.update({k: fingerprint(v) for k, v in items.items() if not k.startswith("_")
+                   and (isinstance(v, (FrozenTeacher, TeacherCache)) or inspect.isfunction(v))})
     return f"{type(objective).__name__}({sorted(fields.items())})"
+
+
+def fingerprint(value):
+    """A short hash of a frozen teacher's weights, cached outputs, or a function's source."""
+    h = hashlib.sha256()
+    if inspect.isfunction(value):
+        try:
+            h.update(inspect.getsource(value).encode())
+        except (OSError, TypeError):
+            h.update(repr(value).encode())  # no source: never matches another run, never a wrong hit
+        return h.hexdigest()[:16]
+    model = value.model if isinstance(value, FrozenTeacher) else None
+    h.update(repr(model).encode())
+    for t in model.state_dict().values() if model is not None else [value.logits]:
+        h.update(t.detach().cpu().flatten().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

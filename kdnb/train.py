@@ -92,6 +92,15 @@ def augment_images(x, g, pad=4):
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
+def shift_signals(x, g, max_shift=4, noise=0.1):
+    """1-D augmentation: a random circular shift of up to ``max_shift`` steps and Gaussian noise."""
+    n, length = x.shape[0], x.shape[-1]
+    shift = torch.randint(-max_shift, max_shift + 1, (n,), generator=g).to(x.device)
+    cols = (torch.arange(length, device=x.device) - shift[:, None]) % length
+    out = x.gather(-1, cols[:, None, :].expand_as(x))
+    return out + noise * torch.randn(out.shape, generator=g).to(x.device)
+
+
 def batches(x, y, batch_size, g, device, augment):
     """Shuffled batches by index. ``x`` and ``y`` already on ``device`` when they fit there;
     otherwise rows are gathered on the host and copied from pinned memory."""
@@ -106,10 +115,10 @@ def batches(x, y, batch_size, g, device, augment):
             yb = y[idx].to(device, non_blocking=True)
             idx = idx.to(device)
         if augment:
-            xb = augment_images(xb, g)
+            xb = augment(xb, g) if callable(augment) else augment_images(xb, g)
         if device.type == "cuda" and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        yield Batch(xb, yb, idx, augment)
+        yield Batch(xb, yb, idx, bool(augment))
 
 
 def fits_on(device, *tensors):
@@ -129,8 +138,18 @@ def check_fit_args(model, data, epochs, batch_size, lr, weight_decay, optimizer,
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(data, Data):
         raise TypeError(f"data must be a kdnb.data.Data record (from kdnb.data.load), got {type(data).__name__}")
-    if len(data.y_train) == 0:
-        raise ValueError("data has an empty training split; nothing to train on")
+    x, y = data.x_train, data.y_train
+    if len(y) == 0:
+        raise ValueError("data.y_train must hold at least 1 sample to train on, got an empty training split")
+    if len(x) != len(y):
+        raise ValueError(f"data.x_train must have one row per label: {len(x)} rows, but data.y_train has {len(y)}")
+    if not x.is_floating_point():
+        raise TypeError(f"data.x_train must be a floating-point tensor, got dtype {x.dtype}")
+    if y.dtype != torch.int64:
+        raise TypeError(f"data.y_train must be an int64 tensor of class indices, got dtype {y.dtype}")
+    if y.min() < 0 or y.max() >= data.classes:
+        raise ValueError(f"data.y_train must hold class indices in [0, {data.classes - 1}] for data.classes="
+                         f"{data.classes}, got values in [{y.min().item()}, {y.max().item()}]")
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
     check_number("lr", lr, low=0, low_open=True)
@@ -143,7 +162,7 @@ def check_fit_args(model, data, epochs, batch_size, lr, weight_decay, optimizer,
 
 def fit(model, data, objective=None, *, epochs=10, batch_size=64, lr=1e-3, weight_decay=0.0,
         optimizer="adam", momentum=0.9, schedule="constant", seed=0, device=None, augment=False,
-        select="best", checkpoint=None, progress=None):
+        select="best", checkpoint=None, progress=None, shuffle_seed=None):
     """Train ``model`` on ``data.x_train`` with ``objective(out, batch) -> loss``.
 
     Returns the history: per epoch ``loss``, ``train_acc`` (running, in train mode),
@@ -151,6 +170,8 @@ def fit(model, data, objective=None, *, epochs=10, batch_size=64, lr=1e-3, weigh
     With ``select="best"`` the model ends with the weights of its best validation epoch —
     the test split is never looked at. With ``checkpoint=path`` every epoch is saved
     atomically and a killed run resumes from the last one, losing nothing.
+    ``shuffle_seed`` (default: ``seed``) seeds the batch order alone, so runs with different
+    initial weights can share batches (as the members of ``kdnb.sweep.fit_grid`` do).
     """
     from .objectives import CrossEntropy
     check_fit_args(model, data, epochs, batch_size, lr, weight_decay, optimizer, schedule)
@@ -163,14 +184,18 @@ def fit(model, data, objective=None, *, epochs=10, batch_size=64, lr=1e-3, weigh
     progress = progress_default() if progress is None else progress
 
     torch.manual_seed(seed)  # dropout and any other randomness inside the step
-    g = torch.Generator().manual_seed(seed)  # shuffling and augmentation
+    g = torch.Generator().manual_seed(seed if shuffle_seed is None else shuffle_seed)  # shuffling, augmentation
     prepare(model, device, data.x_train)
     if isinstance(objective, nn.Module):
         objective.to(device)
     x, y = data.x_train, data.y_train
     if fits_on(device, x, y):
         x, y = x.to(device), y.to(device)
-    out_classes = predict(model, data.x_val[:2] if len(data.y_val) else x[:2], device=device).shape[1]
+    try:
+        out_classes = predict(model, data.x_val[:2] if len(data.y_val) else x[:2], device=device).shape[1]
+    except RuntimeError as err:
+        raise ValueError(f"model does not accept data {data.name!r}: inputs of shape {data.shape} fail with "
+                         f"'{err}'; build the model with in_shape={data.shape}") from None
     if out_classes != data.classes:
         raise ValueError(f"model outputs {out_classes} classes but data {data.name!r} has {data.classes}")
     if hasattr(objective, "check"):
@@ -191,18 +216,25 @@ def fit(model, data, objective=None, *, epochs=10, batch_size=64, lr=1e-3, weigh
                "best_epoch": -1, "best_val_acc": -1.0}
     best_state, start, elapsed = None, 0, 0.0
     fit_config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "optimizer": optimizer,
-                  "schedule": schedule, "weight_decay": weight_decay, "n_train": len(y), "select": select}
+                  "schedule": schedule, "weight_decay": weight_decay, "n_train": len(y), "select": select,
+                  "shuffle_seed": shuffle_seed, "momentum": momentum, "augment": augment, "data": data.name,
+                  "model": cache.key_of(repr(model))}  # the architecture: same-shaped weights may not fit it
     if checkpoint and Path(checkpoint).exists():
         state = cache.load(checkpoint)
         if state["fit_config"] != fit_config:
-            raise ValueError(f"checkpoint {str(checkpoint)!r} was made with {state['fit_config']}, "
-                             f"not {fit_config}; delete it or pass another path")
+            diff = ", ".join(f"{k}={state['fit_config'].get(k)!r} there, {fit_config.get(k)!r} here"
+                             for k in sorted(fit_config.keys() | state["fit_config"].keys())
+                             if state["fit_config"].get(k) != fit_config.get(k))
+            raise ValueError(f"checkpoint {str(checkpoint)!r} was made for another run ({diff}); "
+                             f"delete it or pass another path")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         if isinstance(objective, nn.Module):
             objective.load_state_dict(state["objective"])
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         g.set_state(state["generator"])
         history, best_state, start = state["history"], state["best_state"], state["epoch"] + 1
         elapsed = history["time"][-1] if history["time"] else 0.0
@@ -253,6 +285,7 @@ def fit(model, data, objective=None, *, epochs=10, batch_size=64, lr=1e-3, weigh
             cache.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "objective": objective.state_dict() if isinstance(objective, nn.Module) else {},
                         "rng": torch.get_rng_state(), "generator": g.get_state(), "epoch": epoch,
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                         "history": history, "best_state": best_state, "fit_config": fit_config}, checkpoint)
     bar.close()
     if best_state is not None:

@@ -1,0 +1,103 @@
+"""Sliders for the chapters.
+
+:class:`TemperatureExplorer` is the live version (ipywidgets: needs a kernel, as in JupyterLab);
+:func:`temperature_frames` renders the same view for a grid of T as an HTML animation whose
+slider works in a browser without any kernel (the static site). Callbacks only recompute
+softmaxes of a handful of logits: no retraining.
+"""
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+
+from . import losses
+
+T_RANGE = (0.5, 20.0)
+
+
+def explain(teacher_logits, student_logits, label, T, alpha):
+    """The numbers a reader sees for one example: softened distributions and the loss terms."""
+    T, alpha = losses.check_T(T), losses.check_alpha(alpha)
+    t, s = teacher_logits[None].float(), student_logits[None].float()
+    y = torch.tensor([label])
+    kd = losses.kd_loss(s, t, T).item()
+    ce = F.cross_entropy(s, y).item()
+    return {"T": T, "alpha": alpha, "teacher": losses.soft_targets(t, T)[0], "student": losses.soft_targets(s, T)[0],
+            "kd": kd, "ce": ce, "loss": alpha * kd + (1 - alpha) * ce}
+
+
+def draw(ax, numbers, class_names, label):
+    ax.clear()
+    k = torch.arange(len(class_names))
+    ax.bar(k - 0.2, numbers["teacher"], width=0.4, label="teacher")
+    ax.bar(k + 0.2, numbers["student"], width=0.4, label="student")
+    ax.set_xticks(k, [f"{c}*" if i == label else str(c) for i, c in enumerate(class_names)])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"softmax(z / T)")
+    ax.set_title(f"T = {numbers['T']:.2f}, α = {numbers['alpha']:.2f}:  T²·KL = {numbers['kd']:.3f},  "
+                 f"CE = {numbers['ce']:.3f},  loss = {numbers['loss']:.3f}", fontsize=9)
+    ax.legend(loc="upper right")
+
+
+class TemperatureExplorer:
+    """Sliders for T and α over one example's teacher and student logits.
+
+    ``explorer.T.value = 8`` (as the slider does) recomputes ``explorer.numbers`` and redraws;
+    values outside the sliders' ranges are clamped by the sliders themselves.
+    """
+
+    def __init__(self, teacher_logits, student_logits, label, class_names=None, T=4.0, alpha=0.5):
+        import ipywidgets as W
+        losses.check_logits("teacher_logits", teacher_logits[None])
+        losses.check_logits("student_logits", student_logits[None])
+        if teacher_logits.shape != student_logits.shape:
+            raise ValueError(f"teacher_logits shape {tuple(teacher_logits.shape)} must equal student_logits "
+                             f"shape {tuple(student_logits.shape)}")
+        classes = teacher_logits.shape[0]
+        if not isinstance(label, int) or not 0 <= label < classes:
+            raise ValueError(f"label must be an int in [0, {classes - 1}], got {label!r}")
+        self.teacher_logits, self.student_logits, self.label = teacher_logits.detach().cpu(), student_logits.detach().cpu(), label
+        self.class_names = class_names or [str(i) for i in range(classes)]
+        self.T = W.FloatSlider(value=losses.check_T(T), min=T_RANGE[0], max=T_RANGE[1], step=0.5, description="T",
+                               continuous_update=True)
+        self.alpha = W.FloatSlider(value=losses.check_alpha(alpha), min=0.0, max=1.0, step=0.05, description="α")
+        self.readout = W.HTML()
+        self.output = W.Output()
+        # A figure outside pyplot's registry, so the notebook doesn't also show it at the cell's end.
+        self.fig = Figure(figsize=(7, 3))
+        self.ax = self.fig.subplots()
+        self.T.observe(self.update, names="value")
+        self.alpha.observe(self.update, names="value")
+        self.widget = W.VBox([W.HBox([self.T, self.alpha]), self.readout, self.output])
+        self.update()
+
+    def update(self, change=None):
+        self.numbers = explain(self.teacher_logits, self.student_logits, self.label, self.T.value, self.alpha.value)
+        n = self.numbers
+        self.readout.value = (f"<b>T²·KL</b> = {n['kd']:.4f} &nbsp; <b>CE</b> = {n['ce']:.4f} &nbsp; "
+                              f"<b>α·T²·KL + (1−α)·CE</b> = {n['loss']:.4f}")
+        draw(self.ax, n, self.class_names, self.label)
+        from IPython import get_ipython
+        if get_ipython() is not None:
+            from IPython.display import display
+            self.output.clear_output(wait=True)
+            with self.output:
+                display(self.fig)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+
+def temperature_frames(teacher_logits, student_logits, label, class_names=None, Ts=None, alpha=0.5):
+    """A kernel-free slider: the explorer's view pre-rendered for each T in ``Ts``, as HTML with
+    a JavaScript scrubber (matplotlib's ``to_jshtml``). Returns the HTML string."""
+    from matplotlib import animation
+    Ts = Ts or [0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20]
+    class_names = class_names or [str(i) for i in range(teacher_logits.shape[0])]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    frames = [explain(teacher_logits, student_logits, label, T, alpha) for T in Ts]
+    anim = animation.FuncAnimation(fig, lambda i: draw(ax, frames[i], class_names, label), frames=len(frames))
+    html = anim.to_jshtml(fps=2, default_mode="once")
+    plt.close(fig)
+    return html
