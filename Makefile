@@ -25,10 +25,11 @@ book: $(STAMP)
 	$(BIN)/jupyter-book build --all . -W --keep-going
 	touch _build/.book-built
 
-# Unit tests of kdnb, then every chapter as a throw-away notebook under nbval.
+# Unit tests of kdnb, then every chapter (the book/*.md with a jupytext header) as a throw-away
+# notebook under nbval.
 test: $(STAMP)
 	rm -rf _build/nbval && mkdir -p _build/nbval
-	for f in book/*.md; do $(BIN)/jupytext --quiet --to ipynb -o _build/nbval/$$(basename $${f%.md}).ipynb $$f || exit 1; done
+	for f in $$(grep -l '^jupytext:' book/*.md); do $(BIN)/jupytext --quiet --to ipynb -o _build/nbval/$$(basename $${f%.md}).ipynb $$f || exit 1; done
 	# pytest's exit code 5 means no test ran: that is a failure, not a pass.
 	$(BIN)/python -m pytest tests _build/nbval --nbval-lax --nbval-current-env --nbval-cell-timeout=900; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc

@@ -81,7 +81,19 @@ def resnet18_cifar(in_shape=(3, 32, 32), classes=10):
     return m
 
 
-BUILDERS = {"mlp": mlp, "convnet": convnet, "resnet18_cifar": resnet18_cifar}
+def conv_mlp(in_shape, filters=32, hidden=(128,), classes=10, dropout=0.0):
+    """One 3×3 conv (no padding) → ReLU → 2×2 max-pool, then an MLP: seed 001's MNIST pair.
+    ``hidden=(128,)`` is its student (693,962 parameters), ``(256, 128, 32)`` its teacher (1,422,378)."""
+    in_shape = check_shape(in_shape)
+    check_positive_int("filters", filters)
+    if len(in_shape) != 3 or min(in_shape[1:]) < 4:
+        raise ValueError(f"in_shape must be (C, H, W) with H, W >= 4 for conv_mlp, got {in_shape}")
+    flat = filters * ((in_shape[1] - 2) // 2) * ((in_shape[2] - 2) // 2)
+    head = mlp((flat,), hidden, classes, dropout)
+    return nn.Sequential(nn.Conv2d(in_shape[0], filters, 3), nn.ReLU(), nn.MaxPool2d(2), *head)
+
+
+BUILDERS = {"mlp": mlp, "convnet": convnet, "conv_mlp": conv_mlp, "resnet18_cifar": resnet18_cifar}
 
 
 def build(spec, in_shape, classes, seed=None):

@@ -31,7 +31,10 @@ PROFILES = {
         name="full", data="mnist",
         teacher={"name": "mlp", "hidden": [1200, 1200], "dropout": 0.5},
         student={"name": "mlp", "hidden": [800, 800]},
-        epochs=60, teacher_epochs=60, batch_size=128, lr=1e-3, threads=8),
+        epochs=60, teacher_epochs=60, batch_size=128, lr=1e-3, threads=8,
+        # seed 001 exp 1: 1 conv + 4 FC teacher (1,422,378 parameters) → 1 conv + 2 FC student (693,962)
+        extra={"seed001_teacher": {"name": "conv_mlp", "hidden": [256, 128, 32]},
+               "seed001_student": {"name": "conv_mlp", "hidden": [128]}}),
 }
 
 
