@@ -101,3 +101,63 @@ def temperature_frames(teacher_logits, student_logits, label, class_names=None, 
     html = anim.to_jshtml(fps=2, default_mode="once")
     plt.close(fig)
     return html
+
+
+def draw_member(ax, histories, alpha, T, baseline=None):
+    """Validation curves of one grid cell (one line per seed), beside the baseline's mean."""
+    ax.clear()
+    for s, h in enumerate(histories):
+        ax.plot(range(1, len(h["val_acc"]) + 1), h["val_acc"], color="C1", alpha=0.8, label="KD" if s == 0 else None)
+    if baseline:
+        mean = torch.tensor([h["val_acc"] for h in baseline]).mean(0)
+        ax.plot(range(1, len(mean) + 1), mean, "k--", label="CE only (mean)")
+    ax.set(xlabel="epoch", ylabel="validation accuracy", title=f"α = {alpha}, T = {T}")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+
+
+class GridExplorer:
+    """Two sliders pick a cell of an α × T grid and show that member's learning curves.
+    ``cells[(alpha, T)]`` is a list of histories (one per seed)."""
+
+    def __init__(self, cells, alphas, Ts, baseline=None):
+        import ipywidgets as W
+        if not cells:
+            raise ValueError("cells must hold at least one (alpha, T) entry")
+        self.cells, self.baseline = cells, baseline
+        self.alpha = W.SelectionSlider(options=list(alphas), value=alphas[-1], description="α")
+        self.T = W.SelectionSlider(options=list(Ts), value=Ts[0], description="T")
+        self.output = W.Output()
+        self.fig = Figure(figsize=(6, 3))
+        self.ax = self.fig.subplots()
+        self.alpha.observe(self.update, names="value")
+        self.T.observe(self.update, names="value")
+        self.widget = W.VBox([W.HBox([self.alpha, self.T]), self.output])
+        self.update()
+
+    def update(self, change=None):
+        self.shown = (self.alpha.value, self.T.value)
+        draw_member(self.ax, self.cells[self.shown], *self.shown, self.baseline)
+        from IPython import get_ipython
+        if get_ipython() is not None:
+            from IPython.display import display
+            self.output.clear_output(wait=True)
+            with self.output:
+                display(self.fig)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+
+def grid_frames(cells, alphas, Ts, baseline=None):
+    """The kernel-free version of :class:`GridExplorer`: one pre-rendered frame per cell,
+    T varying fastest, scrubbed by one JavaScript slider."""
+    from matplotlib import animation
+    order = [(a, T) for a in alphas for T in Ts]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    anim = animation.FuncAnimation(fig, lambda i: draw_member(ax, cells[order[i]], *order[i], baseline),
+                                   frames=len(order))
+    html = anim.to_jshtml(fps=2, default_mode="once")
+    plt.close(fig)
+    return html
