@@ -78,3 +78,28 @@ def test_seed001_pair_has_the_published_parameter_counts():
     p = profiles.get("full").extra
     assert models.count_params(models.build(p["seed001_teacher"], (1, 28, 28), 10)) == 1_422_378
     assert models.count_params(models.build(p["seed001_student"], (1, 28, 28), 10)) == 693_962
+
+
+def fake_history(level, epochs=4):
+    return {"val_acc": [level * (e + 1) / epochs for e in range(epochs)]}
+
+
+def test_grid_explorer_shows_the_picked_cell():
+    from kdnb.widgets import GridExplorer, grid_frames
+    alphas, Ts = [0.5, 1.0], [1, 4]
+    cells = {(a, T): [fake_history(a * T / 4), fake_history(a * T / 5)] for a in alphas for T in Ts}
+    ex = GridExplorer(cells, alphas, Ts, baseline=[fake_history(0.5)])
+    ex.alpha.value, ex.T.value = 0.5, 4
+    assert ex.shown == (0.5, 4) and ex.ax.get_title() == "α = 0.5, T = 4"
+    top = max(max(line.get_ydata()) for line in ex.ax.lines[:2])
+    assert top == pytest.approx(0.5)                      # the curves of that cell, not another's
+    with pytest.raises(Exception):
+        ex.T.value = 3                                    # not a grid value: the slider refuses it
+    html = grid_frames(cells, alphas, Ts)
+    assert html.count("data:image/png;base64") == 4
+
+
+def test_grid_explorer_needs_cells():
+    from kdnb.widgets import GridExplorer
+    with pytest.raises(ValueError, match="cells must hold"):
+        GridExplorer({}, [1.0], [1])
