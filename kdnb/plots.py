@@ -20,8 +20,9 @@ def pm(values, scale=100, digits=1):
 def table(rows, header):
     """A markdown table (shown as a table in JupyterLab and on the site)."""
     from IPython.display import Markdown
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    cell = lambda c: str(c).replace("|", "\\|")  # a bare pipe would end the cell
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
     return Markdown("\n".join(lines))
 
 

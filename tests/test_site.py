@@ -265,6 +265,9 @@ def inspect(page, code, screenshot=None):
     outputs = " ".join(page.locator(".cell_output").all_inner_texts())
     if "Traceback (most recent call last)" in outputs or page.locator(".output.traceback, .output.error").count():
         problems.append("an output holds a Python traceback")
+    # outputs: markdown tables rendered as tables, not shown as raw pipes and dashes
+    if re.search(r"\|\s*(---|—)\s*\|", outputs):
+        problems.append("a markdown table in an output was not rendered as a table")
 
     # how the chapter was run, for chapters with code
     if code.strip():
