@@ -1,0 +1,396 @@
+"""An α × T grid of students trained as one model: ``fit_grid(student, data, teacher_logits, members)``.
+
+Trained one after another, small students spend most of each step on per-step overhead
+(Python, autograd bookkeeping, the optimizer's loop over tensors), not arithmetic. Here every
+member's weights are stacked along a leading axis (``torch.func.stack_module_state``) and one
+step runs the forward of all members at once (``vmap`` over ``functional_call``), one backward
+of the summed losses (each member's gradient depends on its own loss only) and one optimizer
+step over the stacked tensors (Adam and SGD act element-wise, so this is each member's own
+optimizer). Each member has its own α, T and initial-weight seed and ends with the weights of
+its best validation epoch, exactly as ``kdnb.train.fit`` with
+``Distill(TeacherCache(teacher_logits), T, alpha)`` would leave it — tests/test_sweep.py checks
+that to float tolerance.
+
+Where stacking doesn't pay (wide layers: each matrix product already keeps the cores busy) the
+members are trained one by one with ``fit`` instead, with a warning; ``bench/sweep.py`` measures
+where that is.
+"""
+import copy
+import math
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from . import cache, losses, models
+from .cache import TeacherCache
+from .train import (NonFiniteLoss, autocast, check_fit_args, data_key, default_device, fit, fits_on, logits_of,
+                    predict, progress_default)
+
+MEMBER_KEYS = ("alpha", "T", "seed")
+# Above this many forward FLOPs per member per step, stacking is no faster than one model at a time
+# on a CPU: each matrix product already keeps the core busy. bench/sweep.py --widths (8 members, one
+# thread, shared machine) measured 1.5-1.9x at 2e7 FLOPs (40-256-256-10), 0.8-1.2x at 1.7e8
+# (40-800-800-10) and 0.7-1.0x at 3.8e8 (40-1200-1200-10). The full profile's 784-800-800-10: 3.3e8.
+SEQUENTIAL_ABOVE_FLOPS = 1e8
+
+
+def grid(alphas, Ts, seeds=(0,)):
+    """Member dicts for every (seed, alpha, T), seeds outermost: ``grid([0, .5], [1, 4])``."""
+    return [{"alpha": a, "T": T, "seed": s} for s in seeds for a in alphas for T in Ts]
+
+
+@dataclass
+class GridResult:
+    """What ``fit_grid`` returns. ``histories[i]`` and ``models[i]`` belong to ``members[i]``;
+    ``vectorized`` says whether the members were stacked or trained one by one, ``note`` why."""
+    members: list
+    histories: list
+    models: list
+    vectorized: bool
+    note: str
+    wall_time: float
+
+    def index(self, alpha, T, seed=0):
+        for i, m in enumerate(self.members):
+            if m["alpha"] == alpha and m["T"] == T and m["seed"] == seed:
+                return i
+        raise KeyError(f"no member with alpha={alpha!r}, T={T!r}, seed={seed!r} in this grid")
+
+    def history(self, alpha, T, seed=0):
+        return self.histories[self.index(alpha, T, seed)]
+
+    def rows(self):
+        """One flat dict per member (α, T, seed, best validation accuracy and epoch, last loss),
+        ready for ``pandas.DataFrame``."""
+        return [{**m, "best_val_acc": h["best_val_acc"], "best_epoch": h["best_epoch"],
+                 "final_loss": h["loss"][-1], "final_train_acc": h["train_acc"][-1]}
+                for m, h in zip(self.members, self.histories)]
+
+
+def check_members(members):
+    if not isinstance(members, (list, tuple)) or not members:
+        raise ValueError(f"members must be a non-empty list of {{'alpha', 'T', 'seed'}} dicts "
+                         f"(kdnb.sweep.grid makes one), got {members!r}")
+    for i, m in enumerate(members):
+        where = f"members[{i}] = {m!r}"
+        if not isinstance(m, dict) or set(m) != set(MEMBER_KEYS):
+            raise ValueError(f"{where}: a member must be a dict with exactly the keys alpha, T, seed")
+        try:
+            losses.check_alpha(m["alpha"])
+            losses.check_T(m["T"])
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{where}: {err}") from None
+        if isinstance(m["seed"], bool) or not isinstance(m["seed"], int) or m["seed"] < 0:
+            raise ValueError(f"{where}: seed must be a non-negative integer, got {m['seed']!r}")
+
+
+def teacher_table(teacher_logits, data):
+    """The teacher's logits on every training sample, from a tensor or a ``TeacherCache``."""
+    logits = teacher_logits.logits if isinstance(teacher_logits, TeacherCache) else teacher_logits
+    losses.check_logits("teacher_logits", logits)
+    if len(logits) != len(data.y_train) or logits.shape[1] != data.classes:
+        raise ValueError(f"teacher_logits must have shape ({len(data.y_train)}, {data.classes}): one row per "
+                         f"training sample of {data.name!r}, got {tuple(logits.shape)}")
+    return logits.detach().float()
+
+
+def builder(make_student, data):
+    """``seed -> model``: a model spec dict is built by ``kdnb.models.build``; a callable is
+    called after ``torch.manual_seed(seed)``, as ``build(..., seed=seed)`` does."""
+    if isinstance(make_student, dict):
+        return lambda seed: models.build(make_student, data.shape, data.classes, seed=seed)
+    if isinstance(make_student, nn.Module):
+        raise TypeError(f"make_student must build a fresh student per member (a model spec dict, or a callable "
+                        f"such as lambda: kdnb.models.mlp(...)), got the model {type(make_student).__name__} itself")
+    if not callable(make_student):
+        raise TypeError(f"make_student must be a model spec dict or a callable returning an nn.Module, "
+                        f"got {type(make_student).__name__}")
+
+    def build(seed):
+        torch.manual_seed(seed)
+        model = make_student()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"make_student() must return a torch.nn.Module, got {type(model).__name__}")
+        return model
+    return build
+
+
+def check_vectorisable(model):
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(
+                f"fit_grid can't stack a model with {type(m).__name__} (layer {name!r}): in train mode it "
+                f"updates running statistics in place, which vmap can't do per member. Build the student "
+                f"without it (kdnb.models.convnet(..., norm=False)), use GroupNorm or LayerNorm, or train the "
+                f"members one by one with kdnb.train.fit")
+
+
+def has_dropout(model):
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+
+
+def step_flops(model, sample, batch_size):
+    """Forward FLOPs of one member on one batch, counted in its linear and conv layers (training
+    costs about three times this). Hooks, not FlopCounterMode: that one imports torch._dynamo,
+    seconds of start-up."""
+    flops = []
+
+    def count(layer, inputs, out):
+        if isinstance(layer, nn.Linear):
+            flops.append(2 * out.numel() * layer.in_features)
+        else:
+            flops.append(2 * out.numel() * layer.in_channels // layer.groups * math.prod(layer.kernel_size))
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    try:
+        with torch.no_grad():
+            model(sample[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(flops) * batch_size
+
+
+def fit_grid(make_student, data, teacher_logits, members, *, epochs=10, batch_size=64, lr=1e-3,
+             weight_decay=0.0, optimizer="adam", momentum=0.9, schedule="constant", data_seed=None,
+             max_members_per_chunk=None, vectorize="auto", device=None, progress=None, select="best"):
+    """Train every member ``{"alpha", "T", "seed"}`` of a grid on ``data`` with Hinton KD from
+    ``teacher_logits`` (a ``(n_train, classes)`` tensor or a ``TeacherCache``), all at once.
+
+    ``make_student`` is a model spec dict (``kdnb.profiles.get().student``) or a callable that
+    returns a fresh student; member ``i`` starts from the weights it gets under
+    ``torch.manual_seed(members[i]["seed"])``. Batches are shuffled by ``data_seed``, shared by
+    all members; with ``data_seed=None`` each member's batches follow its own seed, exactly as
+    ``fit(..., seed=seed)``. The other arguments are ``fit``'s. ``max_members_per_chunk`` trains
+    a large grid in chunks of at most that many members (memory grows with the chunk; results
+    don't change). ``vectorize``: ``"auto"`` stacks unless the student is too wide for it to pay,
+    ``True`` always stacks, ``False`` trains the members one by one with ``fit``.
+
+    Returns a :class:`GridResult`: per-member histories (``fit``'s keys; ``time`` is the wall time
+    of the member's chunk) and models holding each member's selected weights. With dropout the
+    members draw independent masks, so they match ``fit`` in distribution, not bit for bit.
+    """
+    check_fit_args(nn.Module(), data, epochs, batch_size, lr, weight_decay, optimizer, schedule)  # members come below
+    check_members(members)
+    if select not in ("best", "last"):
+        raise ValueError(f"select must be 'best' or 'last', got {select!r}")
+    if vectorize not in ("auto", True, False):
+        raise ValueError(f"vectorize must be 'auto', True or False, got {vectorize!r}")
+    if max_members_per_chunk is not None:
+        models.check_positive_int("max_members_per_chunk", max_members_per_chunk)
+    if data_seed is not None and (isinstance(data_seed, bool) or not isinstance(data_seed, int) or data_seed < 0):
+        raise ValueError(f"data_seed must be None or a non-negative integer, got {data_seed!r}")
+    logits = teacher_table(teacher_logits, data)
+    build = builder(make_student, data)
+    device = torch.device(device) if device else default_device()
+    progress = progress_default() if progress is None else progress
+    members = [dict(m) for m in members]
+    modules = [build(m["seed"]) for m in members]
+    check_vectorisable(modules[0])
+    shapes = [(k, tuple(v.shape)) for k, v in modules[0].state_dict().items()]
+    for i, m in enumerate(modules):
+        if [(k, tuple(v.shape)) for k, v in m.state_dict().items()] != shapes:
+            raise ValueError(f"make_student built a different architecture for members[{i}] (seed "
+                             f"{members[i]['seed']}); every member must have the same layers and shapes")
+    try:
+        out_classes = predict(modules[0], data.x_train[:2], device=torch.device("cpu")).shape[1]
+    except RuntimeError as err:
+        raise ValueError(f"the student does not accept data {data.name!r}: inputs of shape {data.shape} fail "
+                         f"with '{err}'") from None
+    if out_classes != data.classes:
+        raise ValueError(f"the student outputs {out_classes} classes but data {data.name!r} has {data.classes}")
+
+    fit_kwargs = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
+                      momentum=momentum, schedule=schedule, device=device, select=select)
+    flops = step_flops(modules[0], data.x_train, batch_size)
+    if vectorize == "auto" and flops > SEQUENTIAL_ABOVE_FLOPS and device.type == "cpu":  # measured on CPUs only
+        note = (f"trained one by one with kdnb.train.fit: the student takes {flops:.2g} forward FLOPs a step, "
+                f"above {SEQUENTIAL_ABOVE_FLOPS:.2g}, where stacking members is no faster on a CPU "
+                f"(pass vectorize=True to stack anyway)")
+        warnings.warn(f"fit_grid: {note}")
+        vectorized = False
+    elif vectorize is False:
+        note, vectorized = "trained one by one with kdnb.train.fit (vectorize=False)", False
+    else:
+        chunk = max_members_per_chunk or len(members)
+        note = f"stacked: {len(members)} members in {math.ceil(len(members) / chunk)} chunk(s) of at most {chunk}"
+        vectorized = True
+
+    t0 = time.perf_counter()
+    histories = []
+    if vectorized:
+        for start in range(0, len(members), chunk):
+            part = slice(start, start + chunk)
+            histories += train_stacked(modules[part], members[part], data, logits, data_seed=data_seed,
+                                       progress=progress, first=start, **fit_kwargs)
+    else:
+        from .objectives import Distill
+        from tqdm.auto import tqdm
+        for m, model in zip(tqdm(members, disable=not progress, leave=False, desc="fit_grid"), modules):
+            histories.append(fit(model, data, Distill(TeacherCache(logits), m["T"], m["alpha"]), seed=m["seed"],
+                                 shuffle_seed=data_seed, progress=False, **fit_kwargs))
+    return GridResult(members, histories, modules, vectorized, note, time.perf_counter() - t0)
+
+
+def make_optimizer(params, optimizer, lr, weight_decay, momentum, schedule, total_steps):
+    # The same optimizer and schedule as kdnb.train.fit, over the stacked tensors. Adam's fused kernel
+    # does the same arithmetic in one pass instead of ~10 (a tenth of a grid step; equal to float tolerance).
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+    else:
+        adam = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+        opt = adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
+             if schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
+    return opt, sched
+
+
+def train_stacked(modules, members, data, teacher_logits, *, epochs, batch_size, lr, weight_decay, optimizer,
+                  momentum, schedule, device, select, data_seed, progress, first=0):
+    """``fit``'s loop for a stack of members (``members[first:first + len(modules)]`` of the grid):
+    returns one ``fit``-style history per member and leaves each module with its selected weights."""
+    n_members = len(members)
+    for m in modules:
+        m.to(device).train()
+    params, buffers = stack_module_state(modules)
+    base = copy.deepcopy(modules[0])  # the skeleton functional_call runs each member's weights through
+    alpha = torch.tensor([float(m["alpha"]) for m in members], device=device)
+    T = torch.tensor([float(m["T"]) for m in members], device=device)
+    x, y = data.x_train, data.y_train
+    if fits_on(device, x, y):
+        x, y = x.to(device), y.to(device)
+    teacher_logits = teacher_logits.to(x.device)
+
+    # Members that shuffle with the same seed share batches: one generator per distinct seed.
+    shuffle_seeds = [m["seed"] if data_seed is None else data_seed for m in members]
+    seeds = sorted(set(shuffle_seeds))
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    group_of = torch.tensor([seeds.index(s) for s in shuffle_seeds])
+    torch.manual_seed(seeds[0])  # dropout masks
+    randomness = "different" if has_dropout(base) else "error"
+    shared = len(seeds) == 1  # then the batch tensors are not stacked at all (in_dims None)
+    batch_dim = None if shared else 0
+
+    def member_loss(p, b, a, t, xb, yb, tb):
+        out = logits_of(functional_call(base, (p, b), (xb,)))
+        return losses._hinton(out, tb, yb, t, a), out
+
+    def member_logits(p, b, xb):
+        return logits_of(functional_call(base, (p, b), (xb,)))
+
+    step = vmap(member_loss, in_dims=(0, 0, 0, 0, batch_dim, batch_dim, batch_dim), randomness=randomness)
+    forward = vmap(member_logits, in_dims=(0, 0, None), randomness=randomness)
+
+    n = len(y)
+    steps_per_epoch = math.ceil(n / batch_size)
+    opt, sched = make_optimizer([v for v in params.values() if v.requires_grad], optimizer, lr, weight_decay,
+                                momentum, schedule, epochs * steps_per_epoch)
+    state = {**params, **buffers}
+    best = {k: v.detach().clone() for k, v in state.items()}
+    best_acc = torch.full((n_members,), -1.0, device=device)
+    best_epoch = torch.full((n_members,), -1, device=device)
+    per_epoch = {"loss": [], "train_acc": [], "val_acc": [], "lr": [], "time": []}
+
+    from tqdm.auto import tqdm
+    bar = tqdm(range(epochs), disable=not progress, leave=False, desc=f"fit_grid {n_members} members")
+    elapsed = 0.0
+    for epoch in bar:
+        t0 = time.perf_counter()
+        perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(x.device)
+        if not shared:
+            perms = perms[group_of.to(x.device)]
+        step_losses, correct = [], torch.zeros(n_members, device=device)
+        for i in range(0, n, batch_size):
+            idx = perms[0, i:i + batch_size] if shared else perms[:, i:i + batch_size]
+            xb, yb, tb = x[idx].to(device), y[idx].to(device), teacher_logits[idx].to(device)
+            with autocast(device):
+                loss, out = step(params, buffers, alpha, T, xb, yb, tb)
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()  # member i's parameters get the gradient of member i's loss only
+            opt.step()
+            sched.step()
+            step_losses.append(loss.detach().float())
+            correct += (out.argmax(-1) == yb).sum(-1)
+        step_losses = torch.stack(step_losses)  # (steps, members); one host sync per epoch, as in fit
+        bad = ~torch.isfinite(step_losses)
+        if bad.any():
+            s, i = bad.nonzero()[0].tolist()
+            raise NonFiniteLoss(f"loss of members[{first + i}] = {members[i]} became non-finite at step {s} of epoch "
+                                f"{epoch}; lr {opt.param_groups[0]['lr']:.3g}. Lower lr or check the inputs.")
+        val_acc = evaluate_stacked(forward, base, params, buffers, data.x_val, data.y_val, device)
+        elapsed += time.perf_counter() - t0
+        improved = torch.ones_like(val_acc, dtype=torch.bool) if select == "last" else val_acc > best_acc
+        with torch.no_grad():
+            for k, v in state.items():
+                best[k][improved] = v[improved]
+        best_acc = torch.where(improved, val_acc, best_acc)
+        best_epoch = torch.where(improved, torch.full_like(best_epoch, epoch), best_epoch)
+        per_epoch["loss"].append(step_losses.mean(0).tolist())
+        per_epoch["train_acc"].append((correct.double() / n).tolist())  # as fit: count / n in double
+        per_epoch["val_acc"].append(val_acc.tolist())
+        per_epoch["lr"].append([opt.param_groups[0]["lr"]] * n_members)
+        per_epoch["time"].append([elapsed] * n_members)
+    bar.close()
+
+    histories = []
+    for i, model in enumerate(modules):
+        # No validation split: nothing was selected, so the member keeps its last weights (as in fit).
+        chosen = best if best_epoch[i] >= 0 else state
+        model.load_state_dict({k: v[i].detach().clone() for k, v in chosen.items()})
+        model.train()
+        h = {"epoch": list(range(epochs)), **{k: [row[i] for row in v] for k, v in per_epoch.items()}}
+        h["best_epoch"] = int(best_epoch[i])
+        h["best_val_acc"] = float(best_acc[i]) if best_epoch[i] >= 0 else -1.0
+        histories.append(h)
+    return histories
+
+
+@torch.no_grad()
+def evaluate_stacked(forward, base, params, buffers, x, y, device, batch_size=1024):
+    """Validation accuracy of every member, ``(members,)``; NaN without a validation split."""
+    n_members = next(iter(params.values())).shape[0]
+    if len(y) == 0:
+        return torch.full((n_members,), float("nan"), device=device)
+    base.eval()
+    try:
+        correct = torch.zeros(n_members, device=device)
+        for i in range(0, len(y), batch_size):
+            with autocast(device):
+                out = forward(params, buffers, x[i:i + batch_size].to(device)).float()
+            correct += (out.argmax(-1) == y[i:i + batch_size].to(device)).sum(-1)
+        return correct / len(y)
+    finally:
+        base.train()
+
+
+def trained_grid(spec, data, teacher_logits, members, *, key=None, **fit_grid_kwargs):
+    """``fit_grid`` stored in the kdnb cache by its full config (student spec and code, data,
+    teacher logits, members, arguments): trained once, loaded after. ``spec`` is a model spec
+    dict. Returns a :class:`GridResult` whose models are on the default device in eval mode."""
+    import hashlib
+    if not isinstance(spec, dict):
+        raise TypeError(f"spec must be a model spec dict (kdnb.models.build), got {type(spec).__name__}")
+    logits = teacher_table(teacher_logits, data)
+    check_members(members)
+    config = {"spec": spec, "code": cache.source_hash(models), "data": data_key(data),
+              "teacher": hashlib.sha256(logits.cpu().numpy().tobytes()).hexdigest()[:16], "members": list(members),
+              "fit": {k: v for k, v in fit_grid_kwargs.items() if k not in ("device", "progress")}, "extra": key}
+
+    def compute():
+        r = fit_grid(spec, data, logits, members, **fit_grid_kwargs)
+        return {"states": [{k: v.cpu() for k, v in m.state_dict().items()} for m in r.models],
+                "histories": r.histories, "vectorized": r.vectorized, "note": r.note, "wall_time": r.wall_time}
+
+    stored = cache.memo("grids", config, compute)
+    student_models = []
+    for state in stored["states"]:
+        model = models.build(spec, data.shape, data.classes)
+        model.load_state_dict(state)
+        student_models.append(model.to(default_device()).eval())
+    return GridResult([dict(m) for m in members], stored["histories"], student_models, stored["vectorized"],
+                      stored["note"], stored["wall_time"])

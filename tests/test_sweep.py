@@ -1,0 +1,156 @@
+"""kdnb.sweep.fit_grid: every member of a stacked grid matches training it alone with fit + Distill
+(same seed, same batches); chunks and the one-by-one fallback change nothing; selection on
+validation; dropout masks differ per member; clear errors for BatchNorm and bad members."""
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from kdnb import data as kdata, models, sweep
+from kdnb.cache import TeacherCache
+from kdnb.objectives import Distill
+from kdnb.train import NonFiniteLoss, evaluate, fit
+
+FAST = dict(epochs=3, batch_size=32, lr=3e-3, device="cpu", progress=False)
+MLP = {"name": "mlp", "hidden": [16]}
+
+
+@pytest.fixture(scope="module")
+def small():
+    return kdata.load("mnist1d").subset(0.1)  # ~360 training samples
+
+
+@pytest.fixture(scope="module")
+def data(small):
+    return replace(small, x_test=None, y_test=None)  # no test split at all: any look at it would crash
+
+
+@pytest.fixture(scope="module")
+def teacher(data):
+    return torch.randn(len(data.y_train), data.classes, generator=torch.Generator().manual_seed(1)) * 3
+
+
+def convnet(data):
+    return lambda: models.convnet(data.shape, depth=2, width=4, hidden=8, classes=data.classes, dims=1, norm=False)
+
+
+def assert_same_member(h, model, ref_h, ref_model, atol=1e-5):
+    for k in ("loss", "train_acc", "val_acc"):
+        assert h[k] == pytest.approx(ref_h[k], abs=atol), k
+    assert h["best_epoch"] == ref_h["best_epoch"]
+    assert h["best_val_acc"] == pytest.approx(ref_h["best_val_acc"], abs=atol)
+    for (name, a), b in zip(model.state_dict().items(), ref_model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=atol, rtol=1e-4, msg=name)
+
+
+def test_grid_helper():
+    members = sweep.grid([0, 0.5], [1, 4, 8], seeds=[0, 1])
+    assert len(members) == 12
+    assert members[0] == {"alpha": 0, "T": 1, "seed": 0} and members[-1] == {"alpha": 0.5, "T": 8, "seed": 1}
+
+
+def test_mlp_members_match_fit_each_with_its_own_seed_and_batches(data, teacher):
+    members = sweep.grid([0, 0.5, 1], [1, 4], seeds=[0, 1])
+    r = sweep.fit_grid(MLP, data, teacher, members, **FAST)
+    assert r.vectorized and len(r.histories) == len(r.models) == len(members)
+    for m, h, model in zip(members, r.histories, r.models):
+        ref = models.build(MLP, data.shape, data.classes, seed=m["seed"])
+        ref_h = fit(ref, data, Distill(TeacherCache(teacher), m["T"], m["alpha"]), seed=m["seed"], **FAST)
+        assert_same_member(h, model, ref_h, ref)
+    # alpha = 0 is plain cross-entropy: T must not matter.
+    assert r.history(0, 1, 0)["loss"] == pytest.approx(r.history(0, 4, 0)["loss"], abs=1e-6)
+
+
+def test_convnet_members_match_fit_with_shared_batches(data, teacher):
+    make = convnet(data)
+    members = [{"alpha": 0.9, "T": 4, "seed": 3}, {"alpha": 0.25, "T": 2, "seed": 5}]
+    kw = {**FAST, "optimizer": "adamw", "weight_decay": 1e-2, "schedule": "cosine"}
+    r = sweep.fit_grid(make, data, TeacherCache(teacher), members, data_seed=7, **kw)
+    for m, h, model in zip(members, r.histories, r.models):
+        torch.manual_seed(m["seed"])
+        ref = make()
+        ref_h = fit(ref, data, Distill(TeacherCache(teacher), m["T"], m["alpha"]), seed=m["seed"], shuffle_seed=7, **kw)
+        assert h["lr"] == pytest.approx(ref_h["lr"])
+        assert_same_member(h, model, ref_h, ref)
+
+
+def test_chunks_and_one_by_one_give_the_same_members(data, teacher, monkeypatch):
+    members = sweep.grid([0.1, 0.9], [2, 16], seeds=[0])
+    whole = sweep.fit_grid(MLP, data, teacher, members, **FAST)
+    chunked = sweep.fit_grid(MLP, data, teacher, members, max_members_per_chunk=3, **FAST)
+    assert "2 chunk(s)" in chunked.note
+    monkeypatch.setattr(sweep, "SEQUENTIAL_ABOVE_FLOPS", 0)  # every student now counts as too wide to stack
+    with pytest.warns(UserWarning, match="one by one"):
+        alone = sweep.fit_grid(MLP, data, teacher, members, **FAST)
+    assert not alone.vectorized and "one by one" in alone.note
+    for other in (chunked, alone):
+        for h, model, ref_h, ref in zip(other.histories, other.models, whole.histories, whole.models):
+            assert_same_member(h, model, ref_h, ref)
+
+
+def test_members_keep_their_best_validation_weights_in_train_mode(data, teacher):
+    r = sweep.fit_grid(MLP, data, teacher, sweep.grid([0.5], [4], seeds=[0, 1]), **{**FAST, "epochs": 4})
+    for h, model in zip(r.histories, r.models):
+        assert model.training
+        assert h["best_val_acc"] == max(h["val_acc"]) and h["val_acc"][h["best_epoch"]] == h["best_val_acc"]
+        assert evaluate(model, data.x_val, data.y_val) == pytest.approx(h["best_val_acc"], abs=1e-6)
+    last = sweep.fit_grid(MLP, data, teacher, sweep.grid([0.5], [4], seeds=[0]), select="last", **FAST)
+    assert last.histories[0]["best_epoch"] == FAST["epochs"] - 1
+
+
+def test_dropout_masks_differ_between_members(data, teacher):
+    twins = [{"alpha": 0.5, "T": 4, "seed": 0}] * 2
+    same = sweep.fit_grid(MLP, data, teacher, twins, **FAST)
+    torch.testing.assert_close(same.models[0].state_dict(), same.models[1].state_dict())
+    dropped = sweep.fit_grid({**MLP, "dropout": 0.5}, data, teacher, twins, **FAST)
+    assert not torch.equal(dropped.models[0][1].weight, dropped.models[1][1].weight)
+
+
+def test_batchnorm_is_refused_with_what_to_use_instead(data, teacher):
+    make = lambda: models.convnet(data.shape, depth=2, width=4, hidden=8, classes=data.classes, dims=1, norm=True)
+    with pytest.raises(ValueError, match=r"BatchNorm1d.*norm=False.*GroupNorm.*kdnb\.train\.fit"):
+        sweep.fit_grid(make, data, teacher, sweep.grid([0.5], [4]), **FAST)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"alpha": 1.5, "T": 4, "seed": 0}, r"members\[1\].*alpha must be in \[0, 1\], got 1\.5"),
+    ({"alpha": 0.5, "T": 0, "seed": 0}, r"members\[1\].*T must be in \(0, inf\), got 0"),
+    ({"alpha": 0.5, "T": -2.0, "seed": 0}, r"members\[1\].*T must be in"),
+    ({"alpha": 0.5, "T": 4}, r"members\[1\].*exactly the keys alpha, T, seed"),
+    ({"alpha": 0.5, "T": 4, "seed": -1}, r"members\[1\].*seed must be a non-negative integer, got -1"),
+])
+def test_bad_member_is_named(data, teacher, bad, match):
+    with pytest.raises(ValueError, match=match):
+        sweep.fit_grid(MLP, data, teacher, [{"alpha": 0.5, "T": 4, "seed": 0}, bad], **FAST)
+
+
+def test_bad_arguments(data, teacher):
+    members = sweep.grid([0.5], [4])
+    with pytest.raises(ValueError, match="members must be a non-empty list"):
+        sweep.fit_grid(MLP, data, teacher, [], **FAST)
+    with pytest.raises(ValueError, match=r"teacher_logits must have shape \(\d+, 10\)"):
+        sweep.fit_grid(MLP, data, teacher[:-1], members, **FAST)
+    with pytest.raises(ValueError, match="max_members_per_chunk must be a positive integer"):
+        sweep.fit_grid(MLP, data, teacher, members, max_members_per_chunk=0, **FAST)
+    with pytest.raises(ValueError, match="vectorize must be"):
+        sweep.fit_grid(MLP, data, teacher, members, vectorize="yes", **FAST)
+    with pytest.raises(TypeError, match="make_student must build a fresh student.*got the model Linear"):
+        sweep.fit_grid(nn.Linear(40, 10), data, teacher, members, **FAST)
+    with pytest.raises(ValueError, match="outputs 5 classes but data 'mnist1d' has 10"):
+        sweep.fit_grid(lambda: models.mlp(data.shape, [8], classes=5), data, teacher, members, **FAST)
+
+
+def test_diverging_member_is_named(data, teacher):
+    with pytest.raises(NonFiniteLoss, match=r"members\[0\] = \{'alpha': 0.5, 'T': 1, 'seed': 0\}"):
+        sweep.fit_grid(MLP, data, teacher, sweep.grid([0.5], [1, 4]), **{**FAST, "lr": 1e30})
+
+
+def test_trained_grid_is_computed_once(small, teacher, fresh_cache, monkeypatch):
+    data = small  # with its test split: the cache key hashes the data
+    members = sweep.grid([0, 1], [4])
+    first = sweep.trained_grid(MLP, data, teacher, members, **FAST)
+    monkeypatch.setattr(sweep, "fit_grid", lambda *a, **k: pytest.fail("trained again instead of loaded"))
+    again = sweep.trained_grid(MLP, data, teacher, members, **FAST)
+    assert again.histories == first.histories and again.rows() == first.rows()
+    torch.testing.assert_close(again.models[1].state_dict(), first.models[1].state_dict(), check_device=False)
