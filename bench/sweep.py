@@ -222,20 +222,20 @@ def main():
     profile = profiles.get("quick")
     data = kdata.load(profile.data)
     t0 = time.perf_counter()
-    logits_file = os.path.join(tempfile.mkdtemp(prefix="kdnb-bench-"), "teacher_logits.pt")
-    torch.save(teacher_logits(profile, data, args.teacher_epochs), logits_file)
-    print(f"teacher ready in {time.perf_counter() - t0:.1f} s")
-
     results = {v: [] for v in VARIANTS}
-    for rep in range(args.repeats):
-        order = VARIANTS[rep % 3:] + VARIANTS[:rep % 3]  # rotate, so drifting machine load hits all alike
-        for variant in order:
-            cmd = [sys.executable, __file__, "--variant", variant, "--epochs", str(args.epochs),
-                   "--threads", str(args.threads), "--logits", logits_file]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            results[variant].append(json.loads(out.strip().splitlines()[-1]))
-            r = results[variant][-1]
-            print(f"  repeat {rep}: {variant:10s} wall {r['wall']:6.2f} s  cpu {r['cpu']:6.2f} s", flush=True)
+    with tempfile.TemporaryDirectory(prefix="kdnb-bench-") as tmp:
+        logits_file = os.path.join(tmp, "teacher_logits.pt")
+        torch.save(teacher_logits(profile, data, args.teacher_epochs), logits_file)
+        print(f"teacher ready in {time.perf_counter() - t0:.1f} s")
+        for rep in range(args.repeats):
+            order = VARIANTS[rep % 3:] + VARIANTS[:rep % 3]  # rotate, so drifting machine load hits all alike
+            for variant in order:
+                cmd = [sys.executable, __file__, "--variant", variant, "--epochs", str(args.epochs),
+                       "--threads", str(args.threads), "--logits", logits_file]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                results[variant].append(json.loads(out.strip().splitlines()[-1]))
+                r = results[variant][-1]
+                print(f"  repeat {rep}: {variant:10s} wall {r['wall']:6.2f} s  cpu {r['cpu']:6.2f} s", flush=True)
 
     steps = args.epochs * math.ceil(len(data.y_train) / profile.batch_size)
     ref = results["sequential"][0]
