@@ -39,7 +39,23 @@ def draw(ax, numbers, class_names, label):
     ax.legend(loc="upper right")
 
 
-class TemperatureExplorer:
+class Explorer:
+    """Sliders above a figure: ``update`` redraws ``self.fig`` and calls ``show``."""
+
+    def show(self):
+        from IPython import get_ipython
+        if get_ipython() is not None:  # outside a kernel (tests) there is nothing to show it in
+            from IPython.display import display
+            self.output.clear_output(wait=True)
+            with self.output:
+                display(self.fig)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+
+class TemperatureExplorer(Explorer):
     """Sliders for T and α over one example's teacher and student logits.
 
     ``explorer.T.value = 8`` (as the slider does) recomputes ``explorer.numbers`` and redraws;
@@ -77,16 +93,7 @@ class TemperatureExplorer:
         self.readout.value = (f"<b>T²·KL</b> = {n['kd']:.4f} &nbsp; <b>CE</b> = {n['ce']:.4f} &nbsp; "
                               f"<b>α·T²·KL + (1−α)·CE</b> = {n['loss']:.4f}")
         draw(self.ax, n, self.class_names, self.label)
-        from IPython import get_ipython
-        if get_ipython() is not None:
-            from IPython.display import display
-            self.output.clear_output(wait=True)
-            with self.output:
-                display(self.fig)
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
+        self.show()
 
 
 def temperature_frames(teacher_logits, student_logits, label, class_names=None, Ts=None, alpha=0.5):
@@ -116,7 +123,7 @@ def draw_member(ax, histories, alpha, T, baseline=None):
     ax.grid(alpha=0.3)
 
 
-class GridExplorer:
+class GridExplorer(Explorer):
     """Two sliders pick a cell of an α × T grid and show that member's learning curves.
     ``cells[(alpha, T)]`` is a list of histories (one per seed)."""
 
@@ -138,16 +145,7 @@ class GridExplorer:
     def update(self, change=None):
         self.shown = (self.alpha.value, self.T.value)
         draw_member(self.ax, self.cells[self.shown], *self.shown, self.baseline)
-        from IPython import get_ipython
-        if get_ipython() is not None:
-            from IPython.display import display
-            self.output.clear_output(wait=True)
-            with self.output:
-                display(self.fig)
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
+        self.show()
 
 
 def grid_frames(cells, alphas, Ts, baseline=None):
