@@ -40,15 +40,15 @@ def draw(ax, numbers, class_names, label):
 
 
 class Explorer:
-    """Sliders above a figure: ``update`` redraws ``self.fig`` and calls ``show``."""
+    """Sliders above a figure: ``update`` redraws ``self.fig`` and calls ``show``, which puts
+    the figure into an ``ipywidgets.Image`` as PNG. (An Image, not an Output widget: a value
+    change is one message, with no output capturing to go wrong while a notebook executes.)"""
 
     def show(self):
-        from IPython import get_ipython
-        if get_ipython() is not None:  # outside a kernel (tests) there is nothing to show it in
-            from IPython.display import display
-            self.output.clear_output(wait=True)
-            with self.output:
-                display(self.fig)
+        import io
+        buf = io.BytesIO()
+        self.fig.savefig(buf, format="png", dpi=80)
+        self.image.value = buf.getvalue()
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -78,13 +78,13 @@ class TemperatureExplorer(Explorer):
                                continuous_update=True)
         self.alpha = W.FloatSlider(value=losses.check_alpha(alpha), min=0.0, max=1.0, step=0.05, description="α")
         self.readout = W.HTML()
-        self.output = W.Output()
+        self.image = W.Image(format="png")
         # A figure outside pyplot's registry, so the notebook doesn't also show it at the cell's end.
         self.fig = Figure(figsize=(7, 3))
         self.ax = self.fig.subplots()
         self.T.observe(self.update, names="value")
         self.alpha.observe(self.update, names="value")
-        self.widget = W.VBox([W.HBox([self.T, self.alpha]), self.readout, self.output])
+        self.widget = W.VBox([W.HBox([self.T, self.alpha]), self.readout, self.image])
         self.update()
 
     def update(self, change=None):
@@ -134,12 +134,12 @@ class GridExplorer(Explorer):
         self.cells, self.baseline = cells, baseline
         self.alpha = W.SelectionSlider(options=list(alphas), value=alphas[-1], description="α")
         self.T = W.SelectionSlider(options=list(Ts), value=Ts[0], description="T")
-        self.output = W.Output()
+        self.image = W.Image(format="png")
         self.fig = Figure(figsize=(6, 3))
         self.ax = self.fig.subplots()
         self.alpha.observe(self.update, names="value")
         self.T.observe(self.update, names="value")
-        self.widget = W.VBox([W.HBox([self.alpha, self.T]), self.output])
+        self.widget = W.VBox([W.HBox([self.alpha, self.T]), self.image])
         self.update()
 
     def update(self, change=None):

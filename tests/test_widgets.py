@@ -103,3 +103,10 @@ def test_grid_explorer_needs_cells():
     from kdnb.widgets import GridExplorer
     with pytest.raises(ValueError, match="cells must hold"):
         GridExplorer({}, [1.0], [1])
+
+
+def test_the_picture_changes_with_the_slider(explorer):
+    before = explorer.image.value
+    assert before[:8] == b"\x89PNG\r\n\x1a\n"
+    explorer.T.value = 12.0
+    assert explorer.image.value != before
