@@ -197,7 +197,7 @@ BAD = [
     bad("convnet dropout", lambda e: models.convnet((1, 8, 8), dropout=1.5), ValueError, r"^dropout ",
         r"got 1\.5", r"\[0, 1\)"),
     bad("build unknown model", lambda e: models.build({"name": "vgg"}, (1, 8, 8), 10), ValueError, r"name",
-        r"got \{'name': 'vgg'\}", r"mlp, convnet, resnet18_cifar"),
+        r"got \{'name': 'vgg'\}", r"mlp, convnet, conv_mlp, resnet18_cifar"),
     bad("build spec str", lambda e: models.build("mlp", (1, 8, 8), 10), ValueError, r"spec", r"got 'mlp'",
         r"dict with name one of"),
     bad("build unknown key", lambda e: models.build({"name": "mlp", "depth": 3}, (1, 8, 8), 10), ValueError,
