@@ -4,6 +4,7 @@ The method lives in the objective (``kdnb.objectives``); the loop only batches, 
 evaluates, keeps the best model by validation accuracy, and checkpoints. The device is picked
 in :func:`default_device` and nowhere else.
 """
+import contextlib
 import copy
 import math
 import os
@@ -46,8 +47,11 @@ def logits_of(out):
 
 
 def autocast(device):
-    # bf16 on CUDA: same range as fp32, so no loss scaling is needed.
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    # bf16 on CUDA: same range as fp32, so no loss scaling is needed. Elsewhere no context at all:
+    # entering a disabled torch.autocast still costs ~10 µs, a tenth of a small model's step overhead.
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def prepare(model, device, sample):
@@ -109,10 +113,10 @@ def batches(x, y, batch_size, g, device, augment):
         idx = perm[i:i + batch_size]
         if x.device == device:
             idx = idx.to(device)
-            xb, yb = x[idx], y[idx]
+            xb, yb = x.index_select(0, idx), y.index_select(0, idx)  # half the cost of x[idx]
         else:
-            xb = x[idx].pin_memory().to(device, non_blocking=True)
-            yb = y[idx].to(device, non_blocking=True)
+            xb = x.index_select(0, idx).pin_memory().to(device, non_blocking=True)
+            yb = y.index_select(0, idx).to(device, non_blocking=True)
             idx = idx.to(device)
         if augment:
             xb = augment(xb, g) if callable(augment) else augment_images(xb, g)
@@ -204,10 +208,14 @@ def fit(model, data, objective=None, *, epochs=10, batch_size=64, lr=1e-3, weigh
     params = [p for p in model.parameters() if p.requires_grad]
     if isinstance(objective, nn.Module):
         params += [p for p in objective.parameters() if p.requires_grad]
+    # The fused kernels update each tensor in one pass instead of ~10 small ops: a fifth of a step of
+    # the quick profile's MLP. Same arithmetic, equal to float rounding.
+    fused = device.type in ("cpu", "cuda") or None
     if optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True, fused=fused)
     else:
-        opt = (torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam)(params, lr=lr, weight_decay=weight_decay)
+        opt = (torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam)(params, lr=lr, weight_decay=weight_decay,
+                                                                                fused=fused)
     steps_per_epoch = math.ceil(len(y) / batch_size)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)
              if schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
@@ -247,7 +255,7 @@ def fit(model, data, objective=None, *, epochs=10, batch_size=64, lr=1e-3, weigh
         t0 = time.perf_counter()
         if hasattr(objective, "start_epoch"):
             objective.start_epoch(epoch, epochs)
-        step_losses, correct = [], torch.zeros((), device=device)
+        step_losses, predictions, labels = [], [], []
         for batch in batches(x, y, batch_size, g, device, augment):
             with autocast(device):
                 out = model(batch.x)
@@ -257,7 +265,8 @@ def fit(model, data, objective=None, *, epochs=10, batch_size=64, lr=1e-3, weigh
             opt.step()
             sched.step()
             step_losses.append(loss.detach().float())
-            correct += (logits_of(out).argmax(1) == batch.y).sum()
+            predictions.append(logits_of(out).argmax(1))  # compared once per epoch, not per step
+            labels.append(batch.y)
         # One host sync per epoch, not per step: the NaN guard looks at all steps at once.
         losses = torch.stack(step_losses)
         finite = torch.isfinite(losses)
@@ -273,13 +282,14 @@ def fit(model, data, objective=None, *, epochs=10, batch_size=64, lr=1e-3, weigh
         elapsed += time.perf_counter() - t0
         history["epoch"].append(epoch)
         history["loss"].append(losses.mean().item())
-        history["train_acc"].append(correct.item() / len(y))
+        history["train_acc"].append((torch.cat(predictions) == torch.cat(labels)).sum().item() / len(y))
         history["val_acc"].append(val_acc)
         history["lr"].append(opt.param_groups[0]["lr"])
         history["time"].append(elapsed)
         if select == "last" or val_acc > history["best_val_acc"]:
             history["best_epoch"], history["best_val_acc"] = epoch, val_acc
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if select == "best":  # "last" ends with the model as it is: no copy to keep
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", val=f"{val_acc:.3f}")
         if checkpoint:
             cache.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -288,7 +298,7 @@ def fit(model, data, objective=None, *, epochs=10, batch_size=64, lr=1e-3, weigh
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                         "history": history, "best_state": best_state, "fit_config": fit_config}, checkpoint)
     bar.close()
-    if best_state is not None:
+    if select == "best" and best_state is not None:
         model.load_state_dict(best_state)
     model.train()
     return history
