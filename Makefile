@@ -38,8 +38,10 @@ test: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab --config=.jupyter/jupyter_lab_config.py $(LAB_ARGS)
 
+# Benchmarks print side-by-side ratios; BENCH_ARGS=--quick for fewer repeats (sweep takes its own flags).
+BENCH_ARGS ?=
 bench: $(STAMP)
-	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
+	for f in bench/*.py; do case $$f in *sweep.py) $(BIN)/python $$f || exit 1;; *) $(BIN)/python $$f $(BENCH_ARGS) || exit 1;; esac; done
 
 clean:
 	rm -rf _build
