@@ -181,3 +181,23 @@ def table(headers, rows):
 
 if __name__ == "__main__":
     print("bench/common.py holds the helpers of the other benchmarks; run those (`make bench`).")
+
+
+def reference_kd_loss(student_logits, teacher_logits, y, T, alpha):
+    """The KD loss as the PyTorch KD tutorial and popular repositories write it (our reference)."""
+    import torch.nn.functional as F
+    soft_targets = F.softmax(teacher_logits / T, dim=-1)
+    soft_prob = F.log_softmax(student_logits / T, dim=-1)
+    soft_loss = torch.sum(soft_targets * (soft_targets.log() - soft_prob)) / soft_prob.size(0) * T ** 2
+    return alpha * soft_loss + (1 - alpha) * F.cross_entropy(student_logits, y)
+
+
+def reference_val_acc(model, val_loader, n):
+    """The reference loops' per-epoch validation: eval mode, no_grad, a .item() per batch."""
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in val_loader:
+            correct += (model(x).argmax(1) == y).sum().item()
+    return correct / n
+

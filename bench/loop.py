@@ -48,12 +48,7 @@ def run_reference(spec, data, epochs, batch_size, lr, seed=0):
             loss.backward()
             opt.step()
             running_loss += loss.item()
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for x, y in val_loader:
-                correct += (model(x).argmax(1) == y).sum().item()
-        val_acc = correct / len(data.y_val)
+        val_acc = common.reference_val_acc(model, val_loader, len(data.y_val))
     return {"loss": running_loss / len(train_loader), "val_acc": val_acc}
 
 

@@ -20,7 +20,6 @@ timing (its outputs are as costly to compute either way).
 import math
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import common
@@ -56,19 +55,11 @@ def reference_kd(p, data, teacher, epochs, seed=0):
             with torch.no_grad():
                 teacher_logits = teacher(x)
             student_logits = model(x)
-            soft_targets = F.softmax(teacher_logits / T, dim=-1)
-            soft_prob = F.log_softmax(student_logits / T, dim=-1)
-            soft_loss = torch.sum(soft_targets * (soft_targets.log() - soft_prob)) / soft_prob.size(0) * T ** 2
-            loss = ALPHA * soft_loss + (1 - ALPHA) * F.cross_entropy(student_logits, y)
+            loss = common.reference_kd_loss(student_logits, teacher_logits, y, T, ALPHA)
             loss.backward()
             opt.step()
             running_loss += loss.item()
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for x, y in val_loader:
-                correct += (model(x).argmax(1) == y).sum().item()
-        val_acc = correct / len(data.y_val)
+        val_acc = common.reference_val_acc(model, val_loader, len(data.y_val))
     return {"loss": running_loss / len(train_loader), "val_acc": val_acc}
 
 

@@ -90,10 +90,7 @@ def run_reference(name, data, batch_size, device, teacher=None, seed=0):
         else:
             with torch.no_grad():
                 teacher_logits = teacher(x)
-            soft_targets = F.softmax(teacher_logits / T, dim=-1)
-            soft_prob = F.log_softmax(logits / T, dim=-1)
-            soft_loss = torch.sum(soft_targets * (soft_targets.log() - soft_prob)) / soft_prob.size(0) * T ** 2
-            loss = ALPHA * soft_loss + (1 - ALPHA) * F.cross_entropy(logits, y)
+            loss = common.reference_kd_loss(logits, teacher_logits, y, T, ALPHA)
         loss.backward()
         opt.step()
         running_loss += loss.item()

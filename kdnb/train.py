@@ -5,7 +5,6 @@ evaluates, keeps the best model by validation accuracy, and checkpoints. The dev
 in :func:`default_device` and nowhere else.
 """
 import contextlib
-import copy
 import math
 import os
 import time

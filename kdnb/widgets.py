@@ -33,7 +33,7 @@ def draw(ax, numbers, class_names, label):
     ax.bar(k + 0.2, numbers["student"], width=0.4, label="student")
     ax.set_xticks(k, [f"{c}*" if i == label else str(c) for i, c in enumerate(class_names)])
     ax.set_ylim(0, 1)
-    ax.set_ylabel(f"softmax(z / T)")
+    ax.set_ylabel("softmax(z / T)")
     ax.set_title(f"T = {numbers['T']:.2f}, α = {numbers['alpha']:.2f}:  T²·KL = {numbers['kd']:.3f},  "
                  f"CE = {numbers['ce']:.3f},  loss = {numbers['loss']:.3f}", fontsize=9)
     ax.legend(loc="upper right")

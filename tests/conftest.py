@@ -1,6 +1,5 @@
 """Shared test set-up: a private kdnb cache and data folder per test session, no progress bars,
 one thread (the CI machine has two cores shared with other jobs)."""
-import os
 
 import pytest
 import torch
