@@ -95,15 +95,6 @@ def augment_images(x, g, pad=4):
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
-def shift_signals(x, g, max_shift=4, noise=0.1):
-    """1-D augmentation: a random circular shift of up to ``max_shift`` steps and Gaussian noise."""
-    n, length = x.shape[0], x.shape[-1]
-    shift = torch.randint(-max_shift, max_shift + 1, (n,), generator=g).to(x.device)
-    cols = (torch.arange(length, device=x.device) - shift[:, None]) % length
-    out = x.gather(-1, cols[:, None, :].expand_as(x))
-    return out + noise * torch.randn(out.shape, generator=g).to(x.device)
-
-
 def batches(x, y, batch_size, g, device, augment):
     """Shuffled batches by index. ``x`` and ``y`` already on ``device`` when they fit there;
     otherwise rows are gathered on the host and copied from pinned memory."""
@@ -224,7 +215,8 @@ def fit(model, data, objective=None, *, epochs=10, batch_size=64, lr=1e-3, weigh
     best_state, start, elapsed = None, 0, 0.0
     fit_config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "optimizer": optimizer,
                   "schedule": schedule, "weight_decay": weight_decay, "n_train": len(y), "select": select,
-                  "shuffle_seed": shuffle_seed, "momentum": momentum, "augment": augment, "data": data.name,
+                  "shuffle_seed": shuffle_seed, "momentum": momentum, "data": data.name,
+                  "augment": getattr(augment, "__name__", augment),  # a name: checkpoints hold no code
                   "model": cache.key_of(repr(model))}  # the architecture: same-shaped weights may not fit it
     if checkpoint and Path(checkpoint).exists():
         state = cache.load(checkpoint)
