@@ -1,6 +1,6 @@
 """The experiments the chapters share, as plain functions over the profile: the cached
 teacher, and students trained over several seeds with one objective or another."""
-from . import models, profiles
+from . import profiles
 from .cache import TeacherCache
 from .data import load
 from .train import evaluate, trained
@@ -9,7 +9,7 @@ from .train import evaluate, trained
 def teacher(profile=None, data=None):
     """The profile's teacher, trained once and then loaded from the cache.
     Returns ``(model, history, data)``; the model is in eval mode."""
-    p = profiles.get(profile) if not isinstance(profile, profiles.Profile) else profile
+    p = profiles.get(profile)
     data = data or load(p.data)
     model, history = trained(p.teacher, data, epochs=p.teacher_epochs, batch_size=p.batch_size, lr=p.lr,
                              progress=False, **p.extra.get("teacher_fit", {}))
@@ -25,7 +25,7 @@ def students(data, objective=None, spec=None, seeds=(0, 1, 2), profile=None, tes
     """Train one student per seed (cached); returns ``{"test_acc": [...], "histories": [...],
     "models": [...]}``. ``objective`` is an objective or a function ``seed -> objective``.
     Accuracy is on ``test_data`` (default ``data``)'s test split, read once after training."""
-    p = profiles.get(profile) if not isinstance(profile, profiles.Profile) else profile
+    p = profiles.get(profile)
     spec = spec or p.student
     kwargs = {"epochs": p.epochs, "batch_size": p.batch_size, "lr": p.lr, "progress": False, **fit_kwargs}
     test_data = test_data or data
@@ -37,7 +37,3 @@ def students(data, objective=None, spec=None, seeds=(0, 1, 2), profile=None, tes
         out["histories"].append(history)
         out["models"].append(model)
     return out
-
-
-def params(spec, data):
-    return models.count_params(models.build(spec, data.shape, data.classes))

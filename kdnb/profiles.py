@@ -39,7 +39,9 @@ PROFILES = {
 
 
 def get(name=None):
-    """The profile ``name``, else ``$KDNB_PROFILE``, else ``quick``."""
+    """The profile ``name``, else ``$KDNB_PROFILE``, else ``quick``; a Profile is returned as is."""
+    if isinstance(name, Profile):
+        return name
     name = name or os.environ.get("KDNB_PROFILE") or "quick"
     if name not in PROFILES:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)} (from KDNB_PROFILE or the "
