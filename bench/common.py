@@ -96,6 +96,23 @@ def time_alternating(variants, repeats, warmup=1, device="cpu"):
     return times, results
 
 
+def paired_ratios(numerator, denominator, pairs, device="cpu"):
+    """``pairs`` ratios time(numerator()) / time(denominator()), each from two runs back to back
+    (which goes first alternates). On a shared machine whose speed drifts by tens of percent over
+    seconds, the ratio of two adjacent runs is far steadier than the ratio of two medians."""
+    ratios = []
+    for i in range(pairs):
+        t = {}
+        for name, fn in ((("n", numerator), ("d", denominator)) if i % 2 == 0 else (("d", denominator), ("n", numerator))):
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            t[name] = time.perf_counter() - t0
+        ratios.append(t["n"] / t["d"])
+    return ratios
+
+
 class SameOrderSampler(torch.utils.data.Sampler):
     """``RandomSampler`` minus its extra draw per epoch: one ``randperm`` per epoch from a
     generator seeded with ``seed``, exactly as ``kdnb.train.fit`` shuffles, so a reference

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from . import losses
+
 MAGIC = b"\nKDNB-SHA256:"
 FOOTER = len(MAGIC) + 64
 
@@ -131,6 +133,7 @@ class TeacherCache:
 
     def __init__(self, logits):
         self.logits = logits
+        self._targets, self._targets_key = None, None
 
     @classmethod
     def compute(cls, teacher, x, batch_size=1024, device=None):
@@ -145,9 +148,21 @@ class TeacherCache:
         return len(self.logits)
 
     def __call__(self, batch):
+        """The teacher's logits on the batch's samples."""
+        self.check(batch)
+        return self.logits.index_select(0, batch.idx)  # half the cost of logits[idx]
+
+    def targets(self, batch, T, alpha=1.0):
+        """``losses.hinton_targets`` on the batch's samples: computed for every sample once per
+        (T, α), so a step only gathers its columns."""
+        self.check(batch)
+        if self._targets_key != (T, alpha) or self._targets.device != self.logits.device:
+            self._targets, self._targets_key = losses.hinton_targets(self.logits, T, alpha), (T, alpha)
+        return self._targets.index_select(-1, batch.idx)
+
+    def check(self, batch):
         if batch.augmented:
             raise ValueError("TeacherCache holds logits of un-augmented inputs; with augment=True "
                              "use a live teacher (kdnb.objectives.FrozenTeacher)")
         if self.logits.device != batch.idx.device:
             self.to(batch.idx.device)
-        return self.logits[batch.idx]

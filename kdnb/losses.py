@@ -4,6 +4,7 @@ Every public function checks its arguments and raises ``ValueError`` naming the 
 its value and the allowed range, so a reader's typo fails at the call, not ten epochs later.
 The KL is written from ``log_softmax`` terms (not ``F.kl_div``) so it batches under ``vmap``.
 """
+import functools
 import math
 
 import torch
@@ -111,7 +112,93 @@ def kd_loss(student_logits, teacher_logits, T=4.0):
     return _kd(student_logits, teacher_logits, T)
 
 
+def hinton_targets(teacher_logits, T, alpha=1.0):
+    """The teacher's whole part of the Hinton loss at (T, α), per sample and classes first: the
+    rows α·T²·q, α·T·q / (α·T + 1 − α) and log q, with q = softmax(t/T). For logits
+    ``(..., N, K)`` the table is ``(..., 3K, N)``. A cache computes it once per (T, α); a step
+    gathers its batch's B columns in one ``index_select``. ``T`` and ``alpha`` are numbers, or
+    tensors of per-member values (shape ``(M,)``, giving ``(M, 3K, N)``)."""
+    if isinstance(T, torch.Tensor):
+        T, alpha = T[..., None, None], alpha[..., None, None]
+    # × 1/T, as HintonLoss scales the student: equal logits then give a KL of exactly 0.
+    log_q = log_softmax(teacher_logits * (1 / T))
+    q = log_q.exp()
+    aT = alpha * T
+    return torch.cat((aT * T * q, q * (aT / (aT + 1 - alpha)), log_q.expand_as(q)), -1).transpose(-1, -2).contiguous()
+
+
+@functools.lru_cache(maxsize=256)
+def _hinton_constants(T, alpha, B, dims, dtype, device):
+    # Made once per (T, α, batch size): building even a tiny tensor costs as much as a kernel.
+    scale = torch.tensor([1 / T, 1.0], dtype=dtype, device=device).view((2,) + (1,) * dims)
+    onehot_weight = torch.full((1,) * (dims - 1) + (B,), -(1 - alpha) / (alpha * T + 1 - alpha), dtype=dtype,
+                               device=device)
+    return scale, onehot_weight
+
+
+class HintonLoss(torch.autograd.Function):
+    """α·T²·KL(q‖p_T) + (1 − α)·CE(p, y) as one autograd node with its closed-form gradient
+
+        ∂loss/∂s = [α·T·(p_T − q) + (1 − α)·(p − onehot(y))] / B,   p_T = softmax(s/T), p = softmax(s).
+
+    Written out (``_kd`` + ``_ce``) the loss is some thirty small autograd ops, whose fixed cost
+    made a KD step of a small student half as costly again as a CE step. Here the teacher's part
+    comes precomputed (:func:`hinton_targets`), both softmaxes are one kernel and the gradient is
+    formed in the forward pass: a dozen kernels in all. ``s`` is ``(..., B, K)`` and ``targets``
+    ``(..., 3K, B)``; leading dims are the members of a stacked grid, each with its own ``T``
+    and ``alpha`` (numbers, or tensors of shape ``s.shape[:-2]``); the loss has shape
+    ``s.shape[:-2]``. ``labels=None`` is pure KD, for targets made with α = 1.
+    tests/test_losses.py checks value and gradient against the written-out loss."""
+
+    @staticmethod
+    def forward(ctx, s, targets, labels, T, alpha):
+        if s.dtype in (torch.float16, torch.bfloat16):  # logits under CUDA autocast: softmaxes in fp32
+            s = s.float()  # (autograd casts the gradient back to the logits' dtype)
+        B, K = s.shape[-2:]
+        if labels is None:
+            alpha = torch.ones_like(T) if isinstance(T, torch.Tensor) else 1.0
+        if isinstance(T, torch.Tensor):  # per member: broadcast over (classes, batch)
+            T_ = T[..., None, None]
+            scale = torch.stack((1 / T_, torch.ones_like(T_)))
+            mix = (1 - alpha) / (alpha * T + 1 - alpha)
+            onehot_weight, mix = (-mix)[..., None, None].expand(s.shape[:-2] + (1, B)), mix[..., None, None]
+        else:
+            mix = (1 - alpha) / (alpha * T + 1 - alpha)
+            scale, onehot_weight = _hinton_constants(float(T), float(alpha), B, s.dim(), s.dtype, s.device)
+        # Classes first: PyTorch's CPU softmax over a last dim of ~10 is several times slower
+        # than over a leading one. log p_T and log p come out of one kernel.
+        log_p_T, log_p = log_p_both = (s.transpose(-1, -2) * scale).log_softmax(-2)
+        weighted_q, scaled_q, log_q = targets.split(K, -2)
+        loss = (weighted_q * (log_q - log_p_T)).sum((-2, -1))  # Σ_batch α·T²·KL(q‖p_T)
+        p_T, p = log_p_both.exp()
+        # [α·T·p_T + (1 − α)·p − α·T·q − (1 − α)·onehot(y)] / (α·T + 1 − α): the gradient, times B / that sum
+        grad = torch.lerp(p_T, p, mix).sub_(scaled_q)
+        if labels is not None:
+            at = labels.unsqueeze(-2)
+            nll = log_p.gather(-2, at).sum((-2, -1))  # minus Σ_batch CE
+            loss = loss - (1 - alpha) * nll if isinstance(alpha, torch.Tensor) else loss.sub_(nll, alpha=1 - alpha)
+            grad.scatter_add_(-2, at, onehot_weight)
+        ctx.save_for_backward(grad)
+        ctx.grad_scale = (alpha * T + 1 - alpha) / B
+        return loss / B
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        if torch.is_grad_enabled():
+            raise RuntimeError("HintonLoss has no second derivative (backward with create_graph=True); "
+                               "use kdnb.losses._hinton_written_out")
+        grad, = ctx.saved_tensors
+        scale = grad_loss * ctx.grad_scale
+        return (grad * scale[..., None, None]).transpose(-1, -2), None, None, None, None
+
+
 def _hinton(student_logits, teacher_logits, labels, T, alpha):
+    alpha = alpha if labels is not None else (torch.ones_like(T) if isinstance(T, torch.Tensor) else 1.0)
+    return HintonLoss.apply(student_logits, hinton_targets(teacher_logits, T, alpha), labels, T, alpha)
+
+
+def _hinton_written_out(student_logits, teacher_logits, labels, T, alpha):
+    # The definition, op by op: what HintonLoss must equal.
     soft = _kd(student_logits, teacher_logits, T)
     if labels is None:
         return soft

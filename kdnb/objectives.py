@@ -93,8 +93,12 @@ class Distill(nn.Module):
                                  f"distill from a teacher trained on it")
 
     def forward(self, out, batch):
-        return losses._hinton(logits_of(out), self.teacher(batch), batch.y if self.labels else None,
-                              self.T, self.alpha)
+        alpha = self.alpha if self.labels else 1.0
+        if isinstance(self.teacher, TeacherCache):
+            targets = self.teacher.targets(batch, self.T, alpha)  # once per (T, α), not once per step
+        else:
+            targets = losses.hinton_targets(self.teacher(batch), self.T, alpha)
+        return losses.HintonLoss.apply(logits_of(out), targets, batch.y if self.labels else None, self.T, alpha)
 
 
 def describe(objective):

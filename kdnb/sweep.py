@@ -264,7 +264,9 @@ def train_stacked(modules, members, data, teacher_logits, *, epochs, batch_size,
     x, y = data.x_train, data.y_train
     if fits_on(device, x, y):
         x, y = x.to(device), y.to(device)
-    teacher_logits = teacher_logits.to(x.device)
+    # Each member's share of the Hinton loss that depends on the teacher alone, for every sample:
+    # (members, 3 × classes, n), gathered per step (kdnb.losses.hinton_targets).
+    targets = losses.hinton_targets(teacher_logits.to(device), T, alpha).to(x.device)
 
     # Members that shuffle with the same seed share batches: one generator per distinct seed.
     shuffle_seeds = [m["seed"] if data_seed is None else data_seed for m in members]
@@ -276,14 +278,12 @@ def train_stacked(modules, members, data, teacher_logits, *, epochs, batch_size,
     shared = len(seeds) == 1  # then the batch tensors are not stacked at all (in_dims None)
     batch_dim = None if shared else 0
 
-    def member_loss(p, b, a, t, xb, yb, tb):
-        out = logits_of(functional_call(base, (p, b), (xb,)))
-        return losses._hinton(out, tb, yb, t, a), out
-
     def member_logits(p, b, xb):
         return logits_of(functional_call(base, (p, b), (xb,)))
 
-    step = vmap(member_loss, in_dims=(0, 0, 0, 0, batch_dim, batch_dim, batch_dim), randomness=randomness)
+    # vmap runs the members' forwards as one; the loss takes the stacked logits (members, B, K)
+    # directly, each member with its own T and α.
+    forward_train = vmap(member_logits, in_dims=(0, 0, batch_dim), randomness=randomness)
     forward = vmap(member_logits, in_dims=(0, 0, None), randomness=randomness)
 
     n = len(y)
@@ -307,9 +307,14 @@ def train_stacked(modules, members, data, teacher_logits, *, epochs, batch_size,
         step_losses, correct = [], torch.zeros(n_members, device=device)
         for i in range(0, n, batch_size):
             idx = perms[0, i:i + batch_size] if shared else perms[:, i:i + batch_size]
-            xb, yb, tb = x[idx].to(device), y[idx].to(device), teacher_logits[idx].to(device)
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            if shared:
+                tb, yb = targets.index_select(-1, idx).to(device), yb.expand(n_members, -1)
+            else:
+                tb = targets.gather(-1, idx[:, None, :].expand(-1, targets.shape[1], -1)).to(device)
             with autocast(device):
-                loss, out = step(params, buffers, alpha, T, xb, yb, tb)
+                out = forward_train(params, buffers, xb)
+            loss = losses.HintonLoss.apply(out, tb, yb, T, alpha)
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()  # member i's parameters get the gradient of member i's loss only
             opt.step()

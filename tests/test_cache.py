@@ -234,3 +234,22 @@ def test_distill_checks_the_cache_against_the_data(digits):
         train.fit(student, digits, Distill(TeacherCache(torch.zeros(10, 10))), **FIT)
     with pytest.raises(ValueError, match="teacher outputs 3 classes but data 'digits' has 10"):
         train.fit(student, digits, Distill(TeacherCache(torch.zeros(len(digits.y_train), 3))), **FIT)
+
+
+def test_teacher_cache_targets_are_computed_once_per_T_and_alpha(monkeypatch):
+    from kdnb import losses
+    logits = torch.randn(20, 3, generator=torch.Generator().manual_seed(0))
+    tc, made = TeacherCache(logits), []
+    real = losses.hinton_targets
+    monkeypatch.setattr(losses, "hinton_targets", lambda *a: made.append(a[1:]) or real(*a))
+    idx = torch.tensor([7, 2, 19, 0])
+    batch = Batch(torch.zeros(4, 1), torch.zeros(4, dtype=torch.long), idx)
+    for _ in range(3):
+        rows = tc.targets(batch, 4.0, 0.5)
+    torch.testing.assert_close(rows, real(logits, 4.0, 0.5)[:, idx])  # the rows of the batch's own samples
+    assert made == [(4.0, 0.5)]
+    tc.targets(batch, 2.0, 0.5)
+    tc.targets(batch, 2.0, 1.0)
+    assert made == [(4.0, 0.5), (2.0, 0.5), (2.0, 1.0)]
+    with pytest.raises(ValueError, match="un-augmented"):
+        tc.targets(Batch(batch.x, batch.y, idx, augmented=True), 2.0, 1.0)

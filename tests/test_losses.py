@@ -216,3 +216,69 @@ def test_hint_and_attention_losses():
     assert losses.attention_loss(a, torch.randn(4, 16, 5, 5)).item() >= 0
     with pytest.raises(ValueError, match="attention maps differ"):
         losses.attention_loss(a, torch.randn(4, 8, 4, 4))
+
+
+# --- HintonLoss: the loss as one autograd node, against its definition written out op by op ---
+
+@pytest.mark.parametrize("with_labels", [True, False])
+@pytest.mark.parametrize("T,alpha", [(4.0, 0.9), (1.0, 0.0), (2.5, 1.0), (20.0, 0.3)])
+def test_hinton_node_equals_the_written_out_loss_and_its_gradient(T, alpha, with_labels):
+    s, t = logits(n=32, seed=3).requires_grad_(), logits(n=32, seed=4)
+    y = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(5)) if with_labels else None
+    ref = losses._hinton_written_out(s, t, y, T, alpha)
+    new = losses._hinton(s, t, y, T, alpha)
+    (g_ref,), (g_new,) = torch.autograd.grad(ref, s), torch.autograd.grad(new, s)
+    assert new.item() == pytest.approx(ref.item(), rel=1e-12, abs=1e-12)
+    torch.testing.assert_close(g_new, g_ref, rtol=1e-10, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda s: losses._hinton(s, t, y, T, alpha), s)
+
+
+def test_hinton_node_gradient_is_the_closed_form():
+    s, t, T, alpha = logits(n=8, seed=6).requires_grad_(), logits(n=8, seed=7), 3.0, 0.6
+    y = torch.arange(8) % 10
+    g, = torch.autograd.grad(losses._hinton(s, t, y, T, alpha), s)
+    p_T, q, p = F.softmax(s / T, 1), F.softmax(t / T, 1), F.softmax(s, 1)
+    closed = (alpha * T * (p_T - q) + (1 - alpha) * (p - F.one_hot(y, 10))) / 8
+    torch.testing.assert_close(g, closed.detach(), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_hinton_node_trains_a_stack_of_members_each_with_its_own_T_and_alpha(with_labels):
+    M, B = 4, 16
+    s, t = logits(n=M * B, seed=8).view(M, B, 10).requires_grad_(), logits(n=B, seed=9)
+    y = torch.randint(0, 10, (B,), generator=torch.Generator().manual_seed(1))
+    T, alpha = torch.tensor([1.0, 2.0, 4.0, 8.0], dtype=s.dtype), torch.tensor([0.0, 0.25, 0.9, 1.0], dtype=s.dtype)
+    out = losses._hinton(s, t, y.expand(M, B) if with_labels else None, T, alpha)
+    assert out.shape == (M,)
+    g, = torch.autograd.grad(out.sum(), s)
+    for i in range(M):
+        ref = losses._hinton_written_out(s[i], t, y if with_labels else None, T[i].item(), alpha[i].item())
+        g_ref, = torch.autograd.grad(ref, s)
+        assert out[i].item() == pytest.approx(ref.item(), rel=1e-12, abs=1e-12)
+        torch.testing.assert_close(g[i], g_ref[i], rtol=1e-10, atol=1e-14)
+
+
+def test_hinton_node_refuses_a_second_derivative():
+    s, t = logits(seed=10).requires_grad_(), logits(seed=11)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(losses._hinton(s, t, None, 4.0, 1.0), s, create_graph=True)
+
+
+def test_hinton_node_takes_bf16_logits_and_returns_a_bf16_gradient():
+    s = logits(seed=12, dtype=torch.float32).bfloat16().requires_grad_()
+    t, y = logits(seed=13, dtype=torch.float32), torch.zeros(16, dtype=torch.long)
+    loss = losses._hinton(s, t, y, 4.0, 0.5)
+    loss.backward()
+    assert loss.dtype == torch.float32 and s.grad.dtype == torch.bfloat16
+    ref = losses._hinton_written_out(s.float(), t, y, 4.0, 0.5)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_hinton_targets_rows():
+    t, T, alpha = logits(n=5, seed=14), 2.0, 0.7
+    table = losses.hinton_targets(t, T, alpha)
+    assert table.shape == (30, 5) and table.is_contiguous()
+    q = F.softmax(t / T, 1)
+    torch.testing.assert_close(table[:10].T, alpha * T * T * q)
+    torch.testing.assert_close(table[10:20].T, alpha * T * q / (alpha * T + 1 - alpha))
+    torch.testing.assert_close(table[20:].T, q.log())
