@@ -1,4 +1,4 @@
-"""An α × T grid of students trained as one model: ``fit_grid(student, data, teacher_logits, members)``.
+"""An α × T grid of students trained as one model: ``fit_grid(student, data, teacher, members)``.
 
 Trained one after another, small students spend most of each step on per-step overhead
 (Python, autograd bookkeeping, the optimizer's loop over tensors), not arithmetic. Here every
@@ -89,7 +89,10 @@ def check_members(members):
 
 
 def teacher_table(teacher_logits, data):
-    """The teacher's logits on every training sample, from a tensor or a ``TeacherCache``."""
+    """The teacher's logits on every training sample, from a tensor, a ``TeacherCache`` or the
+    teacher model itself (run once over the training split)."""
+    if isinstance(teacher_logits, nn.Module):
+        teacher_logits = TeacherCache.compute(teacher_logits, data.x_train)
     logits = teacher_logits.logits if isinstance(teacher_logits, TeacherCache) else teacher_logits
     losses.check_logits("teacher_logits", logits)
     if len(logits) != len(data.y_train) or logits.shape[1] != data.classes:
@@ -147,20 +150,28 @@ def step_flops(model, sample, batch_size):
 
     hooks = [m.register_forward_hook(count) for m in model.modules()
              if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    was_training = model.training
+    model.eval()  # in train mode the probe would move batch norm's running statistics
     try:
         with torch.no_grad():
             model(sample[:1])
     finally:
+        model.train(was_training)
         for h in hooks:
             h.remove()
     return sum(flops) * batch_size
 
 
-def fit_grid(make_student, data, teacher_logits, members, *, epochs=10, batch_size=64, lr=1e-3,
+def fit_grid(make_student, data, teacher, members, *, epochs=10, batch_size=64, lr=1e-3,
              weight_decay=0.0, optimizer="adam", momentum=0.9, schedule="constant", data_seed=None,
-             max_members_per_chunk=None, vectorize="auto", device=None, progress=None, select="best"):
+             max_members_per_chunk=None, vectorize="auto", device=None, progress=None, select="best",
+             augment=False):
     """Train every member ``{"alpha", "T", "seed"}`` of a grid on ``data`` with Hinton KD from
-    ``teacher_logits`` (a ``(n_train, classes)`` tensor or a ``TeacherCache``), all at once.
+    ``teacher``, all at once. ``teacher`` is its logits on every training sample (a
+    ``(n_train, classes)`` tensor or a ``TeacherCache``) or the teacher model: its logits are
+    then computed once, unless ``augment`` (``fit``'s) is set, when it runs on every augmented
+    batch and the members train one by one (stacked members share one batch, so they can't each
+    see their own augmentation).
 
     ``make_student`` is a model spec dict (``kdnb.profiles.get().student``) or a callable that
     returns a fresh student; member ``i`` starts from the weights it gets under
@@ -169,7 +180,8 @@ def fit_grid(make_student, data, teacher_logits, members, *, epochs=10, batch_si
     ``fit(..., seed=seed)``. The other arguments are ``fit``'s. ``max_members_per_chunk`` trains
     a large grid in chunks of at most that many members (memory grows with the chunk; results
     don't change). ``vectorize``: ``"auto"`` stacks unless the student is too wide for it to pay,
-    ``True`` always stacks, ``False`` trains the members one by one with ``fit``.
+    has batch norm (whose running statistics are per-call state) or ``augment`` is set; ``True``
+    always stacks (and says why where it can't); ``False`` trains the members one by one with ``fit``.
 
     Returns a :class:`GridResult`: per-member histories (``fit``'s keys; ``time`` is the wall time
     of the member's chunk) and models holding each member's selected weights. With dropout the
@@ -185,13 +197,21 @@ def fit_grid(make_student, data, teacher_logits, members, *, epochs=10, batch_si
         models.check_positive_int("max_members_per_chunk", max_members_per_chunk)
     if data_seed is not None and (isinstance(data_seed, bool) or not isinstance(data_seed, int) or data_seed < 0):
         raise ValueError(f"data_seed must be None or a non-negative integer, got {data_seed!r}")
-    logits = teacher_table(teacher_logits, data)
+    if augment and not isinstance(teacher, nn.Module):
+        raise ValueError("augment=True needs the teacher model itself as teacher: cached logits are of "
+                         "un-augmented inputs")
+    if augment and vectorize is True:
+        raise ValueError("augment=True can't be stacked (every member would share one augmented batch); "
+                         "use vectorize='auto' or False, which train the members one by one")
+    live = augment  # the teacher runs on every (augmented) batch
+    logits = None if live else teacher_table(teacher, data)
     build = builder(make_student, data)
     device = torch.device(device) if device else default_device()
     progress = progress_default() if progress is None else progress
     members = [dict(m) for m in members]
     modules = [build(m["seed"]) for m in members]
-    check_vectorisable(modules[0])
+    if vectorize is True:
+        check_vectorisable(modules[0])
     shapes = [(k, tuple(v.shape)) for k, v in modules[0].state_dict().items()]
     for i, m in enumerate(modules):
         if [(k, tuple(v.shape)) for k, v in m.state_dict().items()] != shapes:
@@ -208,7 +228,12 @@ def fit_grid(make_student, data, teacher_logits, members, *, epochs=10, batch_si
     fit_kwargs = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
                       momentum=momentum, schedule=schedule, device=device, select=select)
     flops = step_flops(modules[0], data.x_train, batch_size)
-    if vectorize == "auto" and flops > SEQUENTIAL_ABOVE_FLOPS and device.type == "cpu":  # measured on CPUs only
+    batch_norm = next((type(m).__name__ for m in modules[0].modules()
+                       if isinstance(m, nn.modules.batchnorm._BatchNorm)), None)
+    if vectorize == "auto" and (batch_norm or augment):
+        why = f"the student has {batch_norm}" if batch_norm else "augment=True: each member sees its own batches"
+        note, vectorized = f"trained one by one with kdnb.train.fit: {why}", False
+    elif vectorize == "auto" and flops > SEQUENTIAL_ABOVE_FLOPS and device.type == "cpu":  # measured on CPUs only
         note = (f"trained one by one with kdnb.train.fit: the student takes {flops:.2g} forward FLOPs a step, "
                 f"above {SEQUENTIAL_ABOVE_FLOPS:.2g}, where stacking members is no faster on a CPU "
                 f"(pass vectorize=True to stack anyway)")
@@ -232,8 +257,9 @@ def fit_grid(make_student, data, teacher_logits, members, *, epochs=10, batch_si
         from .objectives import Distill
         from tqdm.auto import tqdm
         for m, model in zip(tqdm(members, disable=not progress, leave=False, desc="fit_grid"), modules):
-            histories.append(fit(model, data, Distill(TeacherCache(logits), m["T"], m["alpha"]), seed=m["seed"],
-                                 shuffle_seed=data_seed, progress=False, **fit_kwargs))
+            source = teacher if live else TeacherCache(logits)
+            histories.append(fit(model, data, Distill(source, m["T"], m["alpha"]), seed=m["seed"],
+                                 shuffle_seed=data_seed, progress=False, augment=augment, **fit_kwargs))
     return GridResult(members, histories, modules, vectorized, note, time.perf_counter() - t0)
 
 
@@ -375,21 +401,22 @@ def evaluate_stacked(forward, base, params, buffers, x, y, device, batch_size=10
         base.train()
 
 
-def trained_grid(spec, data, teacher_logits, members, *, key=None, **fit_grid_kwargs):
+def trained_grid(spec, data, teacher, members, *, key=None, **fit_grid_kwargs):
     """``fit_grid`` stored in the kdnb cache by its full config (student spec and code, data,
-    teacher logits, members, arguments): trained once, loaded after. ``spec`` is a model spec
-    dict. Returns a :class:`GridResult` whose models are on the default device in eval mode."""
+    the teacher's logits on the training split, members, arguments): trained once, loaded after.
+    ``spec`` is a model spec dict; ``teacher`` as in ``fit_grid``. Returns a :class:`GridResult`
+    whose models are on the default device in eval mode."""
     import hashlib
     if not isinstance(spec, dict):
         raise TypeError(f"spec must be a model spec dict (kdnb.models.build), got {type(spec).__name__}")
-    logits = teacher_table(teacher_logits, data)
+    logits = teacher_table(teacher, data)
     check_members(members)
     config = {"spec": spec, "code": cache.source_hash(models), "data": data_key(data),
               "teacher": hashlib.sha256(logits.cpu().numpy().tobytes()).hexdigest()[:16], "members": list(members),
               "fit": {k: v for k, v in fit_grid_kwargs.items() if k not in ("device", "progress")}, "extra": key}
 
     def compute():
-        r = fit_grid(spec, data, logits, members, **fit_grid_kwargs)
+        r = fit_grid(spec, data, teacher if isinstance(teacher, nn.Module) else logits, members, **fit_grid_kwargs)
         return {"states": [{k: v.cpu() for k, v in m.state_dict().items()} for m in r.models],
                 "histories": r.histories, "vectorized": r.vectorized, "note": r.note, "wall_time": r.wall_time}
 

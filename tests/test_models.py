@@ -57,6 +57,17 @@ def test_resnet18_cifar():
         assert out_shape(models.resnet18_cifar((1, 28, 28), classes=10), (1, 28, 28)) == (3, 10)
 
 
+def test_cifar_cnn_is_seed_001s_cifar_student():
+    m = models.cifar_cnn((3, 32, 32), classes=10)
+    convs = [l for l in m if isinstance(l, nn.Conv2d)]
+    assert len(convs) == 6 and sum(isinstance(l, nn.BatchNorm2d) for l in m) == 6
+    assert sum(isinstance(l, nn.Linear) for l in m) == 2
+    assert models.count_params(m) == 815_018  # seed 001 reports 816,938 without the widths
+    assert out_shape(m, (3, 32, 32)) == (3, 10)
+    with pytest.raises(ValueError, match="H, W >= 8"):
+        models.cifar_cnn((3, 4, 4))
+
+
 def test_count_params_and_size():
     m = models.mlp((1, 8, 8), hidden=(32,), classes=10)
     n = 64 * 32 + 32 + 32 * 10 + 10

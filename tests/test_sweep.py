@@ -107,10 +107,41 @@ def test_dropout_masks_differ_between_members(data, teacher):
     assert not torch.equal(dropped.models[0][1].weight, dropped.models[1][1].weight)
 
 
-def test_batchnorm_is_refused_with_what_to_use_instead(data, teacher):
+def test_batchnorm_trains_one_by_one_and_refuses_to_be_stacked(data, teacher):
     make = lambda: models.convnet(data.shape, depth=2, width=4, hidden=8, classes=data.classes, dims=1, norm=True)
     with pytest.raises(ValueError, match=r"BatchNorm1d.*norm=False.*GroupNorm.*kdnb\.train\.fit"):
-        sweep.fit_grid(make, data, teacher, sweep.grid([0.5], [4]), **FAST)
+        sweep.fit_grid(make, data, teacher, sweep.grid([0.5], [4]), vectorize=True, **FAST)
+    members = sweep.grid([0.5, 1.0], [4], seeds=[0])
+    r = sweep.fit_grid(make, data, teacher, members, **FAST)  # "auto": one by one, with fit
+    assert not r.vectorized and "BatchNorm1d" in r.note
+    for m, h, model in zip(members, r.histories, r.models):
+        torch.manual_seed(m["seed"])
+        ref = make()
+        ref_h = fit(ref, data, Distill(TeacherCache(teacher), m["T"], m["alpha"]), seed=m["seed"], **FAST)
+        assert_same_member(h, model, ref_h, ref, atol=0)
+
+
+def test_augmented_grid_runs_the_teacher_model_live(digits):
+    """Seed 001's CIFAR-10 grid in miniature: a batch-norm student, augmented batches, and the
+    teacher model itself (cached logits would be of the un-augmented images)."""
+    small = digits.subset(0.2)
+    teacher = models.mlp(small.shape, hidden=(16,))
+    spec = {"name": "convnet", "depth": 2, "width": 4, "hidden": 8, "norm": True}
+    members = sweep.grid([0.5], [2, 4], seeds=[0])
+    with pytest.raises(ValueError, match="augment=True needs the teacher model itself"):
+        sweep.fit_grid(spec, small, TeacherCache.compute(teacher, small.x_train), members, augment=True, **FAST)
+    with pytest.raises(ValueError, match="augment=True can't be stacked"):
+        sweep.fit_grid(spec, small, teacher, members, augment=True, vectorize=True, **FAST)
+    r = sweep.fit_grid(spec, small, teacher, members, augment=True, **FAST)
+    assert not r.vectorized and "one by one" in r.note
+    for m, h, model in zip(members, r.histories, r.models):
+        ref = models.build(spec, small.shape, small.classes, seed=m["seed"])
+        ref_h = fit(ref, small, Distill(teacher, m["T"], m["alpha"]), seed=m["seed"], augment=True, **FAST)
+        assert_same_member(h, model, ref_h, ref, atol=0)
+    unaugmented = sweep.fit_grid(spec, small, teacher, members, **FAST)  # the model stands for its cached logits
+    ref = models.build(spec, small.shape, small.classes, seed=0)
+    ref_h = fit(ref, small, Distill(TeacherCache.compute(teacher, small.x_train), 2, 0.5), seed=0, **FAST)
+    assert_same_member(unaugmented.histories[0], unaugmented.models[0], ref_h, ref, atol=0)
 
 
 @pytest.mark.parametrize("bad, match", [
