@@ -1,5 +1,7 @@
 """The experiments the chapters share, as plain functions over the profile: the cached
 teacher, and students trained over several seeds with one objective or another."""
+from dataclasses import dataclass
+
 from . import profiles
 from .cache import TeacherCache
 from .data import load
@@ -37,3 +39,27 @@ def students(data, objective=None, spec=None, seeds=(0, 1, 2), profile=None, tes
         out["histories"].append(history)
         out["models"].append(model)
     return out
+
+
+@dataclass
+class GridPair:
+    """What chapter 3's α × T grid trains: the data, the teacher (cached logits, or the model when
+    batches are augmented), the student's model spec and ``fit``'s arguments."""
+    data: object
+    teacher: object
+    student: dict
+    fit_args: dict
+
+
+def grid_pair(profile=None, root=None):
+    """The quick profile's pair with its teacher's logits cached; the full profile's is seed 001
+    exp 2's CIFAR-10 pair (ResNet-18 → 6 conv + BN + 2 FC), augmented, so the teacher runs live."""
+    p = profiles.get(profile)
+    cifar = p.extra.get("seed001_cifar")
+    if not cifar:
+        model, _, data = teacher(p)
+        fit_args = {"epochs": p.epochs, "batch_size": p.batch_size, "lr": p.lr, "progress": False}
+        return GridPair(data, teacher_outputs(model, data), p.student, fit_args)
+    data = load(cifar["data"], root=root)
+    model, _ = trained(cifar["teacher"], data, progress=False, **cifar["teacher_fit"])
+    return GridPair(data, model.eval(), cifar["student"], {**cifar["student_fit"], "progress": False})

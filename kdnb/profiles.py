@@ -34,7 +34,15 @@ PROFILES = {
         epochs=60, teacher_epochs=60, batch_size=128, lr=1e-3, threads=8,
         # seed 001 exp 1: 1 conv + 4 FC teacher (1,422,378 parameters) → 1 conv + 2 FC student (693,962)
         extra={"seed001_teacher": {"name": "conv_mlp", "hidden": [256, 128, 32]},
-               "seed001_student": {"name": "conv_mlp", "hidden": [128]}}),
+               "seed001_student": {"name": "conv_mlp", "hidden": [128]},
+               # seed 001 exp 2 (the α × T grid): ResNet-18 → 6 conv (BN) + 2 FC on CIFAR-10, trained
+               # as the report did: SGD, a decaying learning rate, augmentation (crops and flips).
+               "seed001_cifar": {
+                   "data": "cifar10", "teacher": {"name": "resnet18_cifar"}, "student": {"name": "cifar_cnn"},
+                   "teacher_fit": {"epochs": 60, "batch_size": 128, "lr": 0.1, "optimizer": "sgd",
+                                   "weight_decay": 5e-4, "schedule": "cosine", "augment": True},
+                   "student_fit": {"epochs": 30, "batch_size": 128, "lr": 0.05, "optimizer": "sgd",
+                                   "weight_decay": 5e-4, "schedule": "cosine", "augment": True}}}),
 }
 
 

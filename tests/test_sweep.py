@@ -185,3 +185,24 @@ def test_trained_grid_is_computed_once(small, teacher, fresh_cache, monkeypatch)
     again = sweep.trained_grid(MLP, data, teacher, members, **FAST)
     assert again.histories == first.histories and again.rows() == first.rows()
     torch.testing.assert_close(again.models[1].state_dict(), first.models[1].state_dict(), check_device=False)
+
+
+def test_full_profile_grid_is_seed_001s_cifar_pair(tmp_path, monkeypatch):
+    """The full profile's grid on tiny CIFAR-10 files in the real format: the same call trains the
+    ResNet-18 teacher and the batch-norm student, augmented, the teacher run live (no GPU here)."""
+    import importlib
+    from test_data import existence_only, tiny_images, write_cifar10
+    from kdnb import experiments, profiles
+    existence_only(monkeypatch, importlib.import_module("torchvision.datasets.cifar"))
+    write_cifar10(tmp_path, tiny_images(40, 3, 32, 32, 0, 250, seed=1), tiny_images(10, 3, 32, 32, 0, 250, seed=2))
+    full = profiles.get("full")
+    cifar = full.extra["seed001_cifar"]
+    tiny = replace(full, extra={"seed001_cifar": {**cifar, "teacher_fit": {**cifar["teacher_fit"], "epochs": 1},
+                                                  "student_fit": {**cifar["student_fit"], "epochs": 1}}})
+    pair = experiments.grid_pair(tiny, root=tmp_path)
+    assert pair.data.name == "cifar10" and pair.student == {"name": "cifar_cnn"}
+    assert models.count_params(pair.teacher) == 11_173_962 and not pair.teacher.training
+    assert pair.fit_args["augment"] is True and pair.fit_args["optimizer"] == "sgd"
+    r = sweep.fit_grid(pair.student, pair.data, pair.teacher, sweep.grid([0.5], [4]), device="cpu", **pair.fit_args)
+    assert not r.vectorized and "BatchNorm2d" in r.note
+    assert len(r.histories[0]["val_acc"]) == 1
