@@ -71,6 +71,7 @@ class Distill(nn.Module):
         super().__init__()
         self.teacher = as_teacher(teacher)
         self.T_value, self.alpha_value, self.labels = T, alpha, labels
+        self.expect = None  # (classes, data name), set by check
         self.start_epoch(0, 1)
 
     def start_epoch(self, epoch, epochs):
@@ -85,19 +86,20 @@ class Distill(nn.Module):
             if self.teacher.logits.shape[1] != data.classes:
                 raise ValueError(f"teacher outputs {self.teacher.logits.shape[1]} classes but data "
                                  f"{data.name!r} has {data.classes}")
-        if isinstance(self.teacher, FrozenTeacher):
-            from .train import predict
-            classes = predict(self.teacher.model, data.x_train[:2]).shape[1]
-            if classes != data.classes:
-                raise ValueError(f"teacher outputs {classes} classes but data {data.name!r} has {data.classes}; "
-                                 f"distill from a teacher trained on it")
+        # A live teacher's classes are checked on its first batch: a forward pass just for the check
+        # would cost a ResNet-18 teacher a few percent of a short run.
+        self.expect = (data.classes, data.name)
 
     def forward(self, out, batch):
         alpha = self.alpha if self.labels else 1.0
         if isinstance(self.teacher, TeacherCache):
             targets = self.teacher.targets(batch, self.T, alpha)  # once per (T, α), not once per step
         else:
-            targets = losses.hinton_targets(self.teacher(batch), self.T, alpha)
+            logits = self.teacher(batch)
+            if self.expect and logits.shape[-1] != self.expect[0]:
+                raise ValueError(f"teacher outputs {logits.shape[-1]} classes but data {self.expect[1]!r} has "
+                                 f"{self.expect[0]}; distill from a teacher trained on it")
+            targets = losses.hinton_targets(logits, self.T, alpha)
         return losses.HintonLoss.apply(logits_of(out), targets, batch.y if self.labels else None, self.T, alpha)
 
 

@@ -253,3 +253,10 @@ def test_teacher_cache_targets_are_computed_once_per_T_and_alpha(monkeypatch):
     assert made == [(4.0, 0.5), (2.0, 0.5), (2.0, 1.0)]
     with pytest.raises(ValueError, match="un-augmented"):
         tc.targets(Batch(batch.x, batch.y, idx, augmented=True), 2.0, 1.0)
+
+
+def test_distill_checks_a_live_teacher_on_its_first_batch(digits):
+    student = models.mlp(digits.shape, hidden=(16,))
+    wrong = models.mlp(digits.shape, hidden=(8,), classes=3)
+    with pytest.raises(ValueError, match="teacher outputs 3 classes but data 'digits' has 10; distill from a teacher"):
+        train.fit(student, digits, Distill(wrong), **FIT)
