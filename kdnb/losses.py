@@ -211,6 +211,7 @@ def hinton_loss(student_logits, teacher_logits, labels, T=4.0, alpha=0.9):
     check_pair(student_logits, teacher_logits)
     if labels is not None:
         check_labels(labels, student_logits)
+        labels = labels.long()  # int32 and uint8 labels are allowed; gather wants int64
     return _hinton(student_logits, teacher_logits, labels, T, alpha)
 
 

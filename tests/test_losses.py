@@ -282,3 +282,11 @@ def test_hinton_targets_rows():
     torch.testing.assert_close(table[:10].T, alpha * T * T * q)
     torch.testing.assert_close(table[10:20].T, alpha * T * q / (alpha * T + 1 - alpha))
     torch.testing.assert_close(table[20:].T, q.log())
+
+
+def test_hinton_loss_takes_int32_and_uint8_labels():
+    s, t = logits(seed=15), logits(seed=16)
+    y = torch.arange(16) % 10
+    ref = hinton_loss(s, t, y, 4.0, 0.5)
+    for dtype in (torch.int32, torch.uint8):
+        assert hinton_loss(s, t, y.to(dtype), 4.0, 0.5).item() == ref.item()
