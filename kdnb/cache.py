@@ -97,6 +97,17 @@ def key_of(config):
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def tensor_hash(*tensors, text=""):
+    """A short hash of tensors' dtypes, shapes and bytes (any dtype, any device), and ``text``:
+    the one way cache keys name data, teacher outputs and weights."""
+    h = hashlib.sha256(text.encode())
+    for t in tensors:
+        t = t.detach()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def source_hash(*objects):
     """Hash of the source code of functions/classes/modules: a cache key part that changes
     when the code that builds a model changes."""

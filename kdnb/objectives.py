@@ -4,14 +4,13 @@ A distillation method is one of these, never a branch in the loop. Objectives ar
 ``nn.Module``s, so any trainable part they own (a projector, a discriminator) is moved to
 the device and optimised with the student.
 """
-import hashlib
 import inspect
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import losses
+from . import cache, losses
 from .cache import TeacherCache
 from .train import logits_of
 
@@ -118,15 +117,11 @@ def describe(objective):
 
 def fingerprint(value):
     """A short hash of a frozen teacher's weights, cached outputs, or a function's source."""
-    h = hashlib.sha256()
     if inspect.isfunction(value):
         try:
-            h.update(inspect.getsource(value).encode())
+            return cache.key_of(inspect.getsource(value))
         except (OSError, TypeError):
-            h.update(repr(value).encode())  # no source: never matches another run, never a wrong hit
-        return h.hexdigest()[:16]
-    model = value.model if isinstance(value, FrozenTeacher) else None
-    h.update(repr(model).encode())
-    for t in model.state_dict().values() if model is not None else [value.logits]:
-        h.update(t.detach().cpu().flatten().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+            return cache.key_of(repr(value))  # no source: never matches another run, never a wrong hit
+    if isinstance(value, FrozenTeacher):
+        return cache.tensor_hash(*value.model.state_dict().values(), text=repr(value.model))
+    return cache.tensor_hash(value.logits)

@@ -406,13 +406,12 @@ def trained_grid(spec, data, teacher, members, *, key=None, **fit_grid_kwargs):
     the teacher's logits on the training split, members, arguments): trained once, loaded after.
     ``spec`` is a model spec dict; ``teacher`` as in ``fit_grid``. Returns a :class:`GridResult`
     whose models are on the default device in eval mode."""
-    import hashlib
     if not isinstance(spec, dict):
         raise TypeError(f"spec must be a model spec dict (kdnb.models.build), got {type(spec).__name__}")
     logits = teacher_table(teacher, data)
     check_members(members)
     config = {"spec": spec, "code": cache.source_hash(models), "data": data_key(data),
-              "teacher": hashlib.sha256(logits.cpu().numpy().tobytes()).hexdigest()[:16], "members": list(members),
+              "teacher": cache.tensor_hash(logits), "members": list(members),
               "fit": {k: v for k, v in fit_grid_kwargs.items() if k not in ("device", "progress")}, "extra": key}
 
     def compute():

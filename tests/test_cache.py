@@ -260,3 +260,11 @@ def test_distill_checks_a_live_teacher_on_its_first_batch(digits):
     wrong = models.mlp(digits.shape, hidden=(8,), classes=3)
     with pytest.raises(ValueError, match="teacher outputs 3 classes but data 'digits' has 10; distill from a teacher"):
         train.fit(student, digits, Distill(wrong), **FIT)
+
+
+def test_tensor_hash_names_contents_dtype_and_shape():
+    from kdnb.cache import tensor_hash
+    x = torch.arange(12, dtype=torch.float32)
+    assert tensor_hash(x) == tensor_hash(x.clone()) == tensor_hash(x.view(3, 4).t().contiguous().t().reshape(-1))
+    assert len({tensor_hash(x), tensor_hash(x.view(3, 4)), tensor_hash(x.double()), tensor_hash(x + 1e-6),
+                tensor_hash(x, text="other"), tensor_hash(x.bfloat16()), tensor_hash(x[:6], x[6:])}) == 7
