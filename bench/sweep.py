@@ -62,7 +62,8 @@ def run_grid(spec, data, logits, members, fit_kwargs):
 
 def run_floor(spec, data, logits, members, fit_kwargs, beta1=0.9, beta2=0.999, eps=1e-8):
     """The grid's arithmetic by hand: an MLP's forward and backward as batched matrix products
-    over the member axis, Hinton's loss gradient in closed form, Adam with foreach ops."""
+    over the member axis, Hinton's loss gradient in closed form with the teacher's softened
+    outputs computed once (as fit_grid does), Adam with foreach ops."""
     epochs, batch_size, lr = fit_kwargs["epochs"], fit_kwargs["batch_size"], fit_kwargs["lr"]
     inits = [models.build(spec, data.shape, data.classes, seed=m["seed"]) for m in members]
     linears = [[layer for layer in net if isinstance(layer, nn.Linear)] for net in inits]
@@ -77,6 +78,9 @@ def run_floor(spec, data, logits, members, fit_kwargs, beta1=0.9, beta2=0.999, e
     T = torch.tensor([float(m["T"]) for m in members])[:, None, None]
     aT, aTT, one_minus_alpha = alpha * T, alpha * T * T, 1 - alpha
     x, y, xv, yv = data.x_train.flatten(1), data.y_train, data.x_val.flatten(1), data.y_val
+    # The teacher's softened distributions once per member, sample-major, as fit_grid's table is.
+    log_p_all = losses.log_softmax(logits[None] / T).transpose(0, 1).contiguous()  # (n, members, classes)
+    p_all = log_p_all.exp()
     n, n_members, classes = len(y), len(members), data.classes
 
     def forward(a):
@@ -98,13 +102,12 @@ def run_floor(spec, data, logits, members, fit_kwargs, beta1=0.9, beta2=0.999, e
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
-            xb, yb, tb = x[idx], y[idx], logits[idx]
+            xb, yb = x[idx], y[idx]
+            log_p, p = log_p_all[idx].transpose(0, 1), p_all[idx].transpose(0, 1)  # (members, B, classes)
             B = len(idx)
             pre, act = forward(xb)
             z = act[-1]  # (members, B, classes)
             log_q = losses.log_softmax(z / T)
-            log_p = losses.log_softmax(tb / T)
-            p = log_p.exp()
             log_r = losses.log_softmax(z)
             onehot = F.one_hot(yb, classes).to(z.dtype)
             loss = (aTT * p * (log_p - log_q) - one_minus_alpha * log_r * onehot).sum((1, 2)) / B  # logged, as fit does
