@@ -410,7 +410,10 @@ def trained_grid(spec, data, teacher, members, *, key=None, **fit_grid_kwargs):
         raise TypeError(f"spec must be a model spec dict (kdnb.models.build), got {type(spec).__name__}")
     logits = teacher_table(teacher, data)
     check_members(members)
-    config = {"spec": spec, "code": cache.source_hash(models), "data": data_key(data),
+    import sys
+    from . import objectives, train
+    code = cache.source_hash(models, losses, objectives, train, sys.modules[__name__])  # as train.trained
+    config = {"spec": spec, "code": code, "data": data_key(data),
               "teacher": cache.tensor_hash(logits), "members": list(members),
               "fit": {k: v for k, v in fit_grid_kwargs.items() if k not in ("device", "progress")}, "extra": key}
 

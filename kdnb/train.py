@@ -299,9 +299,13 @@ def trained(spec, data, objective=None, *, seed=0, key=None, **fit_kwargs):
     """A model built from ``spec`` and trained with ``fit``, stored in the kdnb cache by its
     full config (model spec and code, data, objective, fit arguments, seed): computed once,
     loaded after. Returns ``(model, history)``, the model on the default device in eval mode."""
-    from . import models
+    import sys
+    from . import losses, models, objectives
     from .objectives import describe
-    config = {"spec": spec, "code": cache.source_hash(models), "data": data_key(data),
+    # The code that builds and trains the model: an edit to the loss or the loop retrains, as an
+    # edit to the model does (a reader's warm cache would otherwise keep the old numerics).
+    code = cache.source_hash(models, losses, objectives, sys.modules[__name__])
+    config = {"spec": spec, "code": code, "data": data_key(data),
               "objective": describe(objective), "fit": fit_kwargs, "seed": seed, "extra": key}
 
     def compute():

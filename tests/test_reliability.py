@@ -515,6 +515,18 @@ def test_cache_entry_is_served_only_for_its_own_config(counted_fit, toy, monkeyp
     assert len(counted_fit) == 13  # and the original is still served for the original code
 
 
+def test_cache_keys_hash_the_training_code_not_only_the_models(counted_fit, toy, monkeypatch):
+    from kdnb import losses, objectives, sweep, train as train_module
+    hashed = []
+    real = cache.source_hash
+    monkeypatch.setattr(cache, "source_hash", lambda *objects: hashed.append(objects) or real(*objects))
+    trained(toy)
+    assert {models, losses, objectives, train_module} <= set(hashed[-1])
+    sweep.trained_grid(MLP, toy, torch.randn(len(toy.y_train), toy.classes), sweep.grid([0.5], [4]),
+                       epochs=1, batch_size=32, device="cpu", progress=False)
+    assert {models, losses, objectives, train_module, sweep} <= set(hashed[-1])
+
+
 def test_corrupt_trained_model_entry_is_retrained(counted_fit, toy):
     trained(toy)
     [path] = (cache.cache_dir() / "models").glob("*.pt")
