@@ -17,6 +17,7 @@ where that is.
 """
 import copy
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from . import cache, losses, models
 from .cache import TeacherCache
 from .train import (NonFiniteLoss, autocast, check_fit_args, data_key, default_device, fit, fits_on, logits_of,
-                    predict, progress_default)
+                    predict, progress_default, training_code)
 
 MEMBER_KEYS = ("alpha", "T", "seed")
 # Above this many forward FLOPs per member per step, stacking is no faster than one model at a time
@@ -122,14 +123,21 @@ def builder(make_student, data):
     return build
 
 
+def batch_norm_layer(model):
+    """``(name, layer)`` of the model's first batch-norm layer, or None."""
+    return next(((name, m) for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)),
+                None)
+
+
 def check_vectorisable(model):
-    for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            raise ValueError(
-                f"fit_grid can't stack a model with {type(m).__name__} (layer {name!r}): in train mode it "
-                f"updates running statistics in place, which vmap can't do per member. Build the student "
-                f"without it (kdnb.models.convnet(..., norm=False)), use GroupNorm or LayerNorm, or train the "
-                f"members one by one with kdnb.train.fit")
+    found = batch_norm_layer(model)
+    if found:
+        name, m = found
+        raise ValueError(
+            f"fit_grid can't stack a model with {type(m).__name__} (layer {name!r}): in train mode it "
+            f"updates running statistics in place, which vmap can't do per member. Build the student "
+            f"without it (kdnb.models.convnet(..., norm=False)), use GroupNorm or LayerNorm, or train the "
+            f"members one by one with kdnb.train.fit")
 
 
 def has_dropout(model):
@@ -203,8 +211,7 @@ def fit_grid(make_student, data, teacher, members, *, epochs=10, batch_size=64, 
     if augment and vectorize is True:
         raise ValueError("augment=True can't be stacked (every member would share one augmented batch); "
                          "use vectorize='auto' or False, which train the members one by one")
-    live = augment  # the teacher runs on every (augmented) batch
-    logits = None if live else teacher_table(teacher, data)
+    logits = None if augment else teacher_table(teacher, data)  # with augment the teacher runs on every batch
     build = builder(make_student, data)
     device = torch.device(device) if device else default_device()
     progress = progress_default() if progress is None else progress
@@ -228,10 +235,10 @@ def fit_grid(make_student, data, teacher, members, *, epochs=10, batch_size=64, 
     fit_kwargs = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
                       momentum=momentum, schedule=schedule, device=device, select=select)
     flops = step_flops(modules[0], data.x_train, batch_size)
-    batch_norm = next((type(m).__name__ for m in modules[0].modules()
-                       if isinstance(m, nn.modules.batchnorm._BatchNorm)), None)
+    batch_norm = batch_norm_layer(modules[0])
     if vectorize == "auto" and (batch_norm or augment):
-        why = f"the student has {batch_norm}" if batch_norm else "augment=True: each member sees its own batches"
+        why = f"the student has {type(batch_norm[1]).__name__}" if batch_norm else \
+            "augment=True: each member sees its own batches"
         note, vectorized = f"trained one by one with kdnb.train.fit: {why}", False
     elif vectorize == "auto" and flops > SEQUENTIAL_ABOVE_FLOPS and device.type == "cpu":  # measured on CPUs only
         note = (f"trained one by one with kdnb.train.fit: the student takes {flops:.2g} forward FLOPs a step, "
@@ -257,7 +264,7 @@ def fit_grid(make_student, data, teacher, members, *, epochs=10, batch_size=64, 
         from .objectives import Distill
         from tqdm.auto import tqdm
         for m, model in zip(tqdm(members, disable=not progress, leave=False, desc="fit_grid"), modules):
-            source = teacher if live else TeacherCache(logits)
+            source = teacher if augment else TeacherCache(logits)
             histories.append(fit(model, data, Distill(source, m["T"], m["alpha"]), seed=m["seed"],
                                  shuffle_seed=data_seed, progress=False, augment=augment, **fit_kwargs))
     return GridResult(members, histories, modules, vectorized, note, time.perf_counter() - t0)
@@ -402,23 +409,27 @@ def evaluate_stacked(forward, base, params, buffers, x, y, device, batch_size=10
 
 
 def trained_grid(spec, data, teacher, members, *, key=None, **fit_grid_kwargs):
-    """``fit_grid`` stored in the kdnb cache by its full config (student spec and code, data,
-    the teacher's logits on the training split, members, arguments): trained once, loaded after.
+    """``fit_grid`` stored in the kdnb cache by its full config (student spec and the training
+    code, data, the teacher's logits or a teacher model's weights, members, arguments): trained
+    once, loaded after.
     ``spec`` is a model spec dict; ``teacher`` as in ``fit_grid``. Returns a :class:`GridResult`
     whose models are on the default device in eval mode."""
     if not isinstance(spec, dict):
         raise TypeError(f"spec must be a model spec dict (kdnb.models.build), got {type(spec).__name__}")
-    logits = teacher_table(teacher, data)
     check_members(members)
-    import sys
-    from . import objectives, train
-    code = cache.source_hash(models, losses, objectives, train, sys.modules[__name__])  # as train.trained
-    config = {"spec": spec, "code": code, "data": data_key(data),
-              "teacher": cache.tensor_hash(logits), "members": list(members),
+    # A teacher model is named by its weights: its logits would cost a pass over the training split
+    # here and another in fit_grid (with augment, fit_grid never needs them at all).
+    if isinstance(teacher, nn.Module):
+        teacher_key = cache.tensor_hash(*teacher.state_dict().values(), text=repr(teacher))
+    else:
+        teacher = teacher_table(teacher, data)
+        teacher_key = cache.tensor_hash(teacher)
+    config = {"spec": spec, "code": training_code(sys.modules[__name__]), "data": data_key(data),
+              "teacher": teacher_key, "members": list(members),
               "fit": {k: v for k, v in fit_grid_kwargs.items() if k not in ("device", "progress")}, "extra": key}
 
     def compute():
-        r = fit_grid(spec, data, teacher if isinstance(teacher, nn.Module) else logits, members, **fit_grid_kwargs)
+        r = fit_grid(spec, data, teacher, members, **fit_grid_kwargs)
         return {"states": [{k: v.cpu() for k, v in m.state_dict().items()} for m in r.models],
                 "histories": r.histories, "vectorized": r.vectorized, "note": r.note, "wall_time": r.wall_time}
 

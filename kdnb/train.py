@@ -299,13 +299,9 @@ def trained(spec, data, objective=None, *, seed=0, key=None, **fit_kwargs):
     """A model built from ``spec`` and trained with ``fit``, stored in the kdnb cache by its
     full config (model spec and code, data, objective, fit arguments, seed): computed once,
     loaded after. Returns ``(model, history)``, the model on the default device in eval mode."""
-    import sys
-    from . import losses, models, objectives
+    from . import models
     from .objectives import describe
-    # The code that builds and trains the model: an edit to the loss or the loop retrains, as an
-    # edit to the model does (a reader's warm cache would otherwise keep the old numerics).
-    code = cache.source_hash(models, losses, objectives, sys.modules[__name__])
-    config = {"spec": spec, "code": code, "data": data_key(data),
+    config = {"spec": spec, "code": training_code(), "data": data_key(data),
               "objective": describe(objective), "fit": fit_kwargs, "seed": seed, "extra": key}
 
     def compute():
@@ -317,6 +313,15 @@ def trained(spec, data, objective=None, *, seed=0, key=None, **fit_kwargs):
     model = models.build(spec, data.shape, data.classes)
     model.load_state_dict(stored["state"])
     return model.to(default_device()).eval(), stored["history"]
+
+
+def training_code(*more):
+    """A hash of the code that builds and trains a model (models, losses, objectives, this loop,
+    and ``more`` modules): in cache keys, an edit to the loss or the loop retrains, as an edit to
+    the model does (a reader's warm cache would otherwise keep the old numerics)."""
+    import sys
+    from . import losses, models, objectives
+    return cache.source_hash(models, losses, objectives, sys.modules[__name__], *more)
 
 
 def data_key(data):

@@ -187,6 +187,20 @@ def test_trained_grid_is_computed_once(small, teacher, fresh_cache, monkeypatch)
     torch.testing.assert_close(again.models[1].state_dict(), first.models[1].state_dict(), check_device=False)
 
 
+def test_trained_grid_names_a_teacher_model_by_its_weights(small, fresh_cache, monkeypatch):
+    teacher, other = (models.build(MLP, small.shape, small.classes, seed=s) for s in (1, 2))
+    passes = []
+    real = TeacherCache.compute
+    monkeypatch.setattr(TeacherCache, "compute", classmethod(lambda cls, *a, **k: passes.append(1) or real(*a, **k)))
+    members = sweep.grid([0.5], [4])
+    first = sweep.trained_grid(MLP, small, teacher, members, **FAST)
+    assert len(passes) == 1  # one pass over the training split, in fit_grid: none for the cache key
+    again = sweep.trained_grid(MLP, small, teacher, members, **FAST)
+    assert len(passes) == 1 and again.histories == first.histories  # loaded, not trained again
+    sweep.trained_grid(MLP, small, other, members, **FAST)
+    assert len(passes) == 2  # another teacher's weights: another entry
+
+
 def test_full_profile_grid_is_seed_001s_cifar_pair(tmp_path, monkeypatch):
     """The full profile's grid on tiny CIFAR-10 files in the real format: the same call trains the
     ResNet-18 teacher and the batch-norm student, augmented, the teacher run live (no GPU here)."""
