@@ -114,26 +114,30 @@ def kd_loss(student_logits, teacher_logits, T=4.0):
 
 def hinton_targets(teacher_logits, T, alpha=1.0):
     """The teacher's whole part of the Hinton loss at (T, α), per sample and classes first: the
-    rows α·T²·q, α·T·q / (α·T + 1 − α) and log q, with q = softmax(t/T). For logits
-    ``(..., N, K)`` the table is ``(..., 3K, N)``. A cache computes it once per (T, α); a step
-    gathers its batch's B columns in one ``index_select``. ``T`` and ``alpha`` are numbers, or
-    tensors of per-member values (shape ``(M,)``, giving ``(M, 3K, N)``)."""
+    rows α·T²·q and log q, with q = softmax(t/T). For logits ``(..., N, K)`` the table is
+    ``(..., 2K, N)``. A cache computes it once per (T, α); a step gathers its batch's B columns
+    in one ``index_select``. ``T`` and ``alpha`` are numbers, or tensors of per-member values
+    (shape ``(M,)``, giving ``(M, 2K, N)``)."""
     if isinstance(T, torch.Tensor):
         T, alpha = T[..., None, None], alpha[..., None, None]
     # × 1/T, as HintonLoss scales the student: equal logits then give a KL of exactly 0.
     log_q = log_softmax(teacher_logits * (1 / T))
-    q = log_q.exp()
-    aT = alpha * T
-    return torch.cat((aT * T * q, q * (aT / (aT + 1 - alpha)), log_q.expand_as(q)), -1).transpose(-1, -2).contiguous()
+    return torch.cat((alpha * T * T * log_q.exp(), log_q), -1).transpose(-1, -2).contiguous()
+
+
+def _hinton_weights(T, alpha):
+    """The mixing weights of HintonLoss's gradient; numbers or per-member tensors alike."""
+    d = alpha * T + 1 - alpha
+    return (1 - alpha) / d, -1 / (T * d), d  # mix of p_T and p, weight of α·T²·q, sum of the weights
 
 
 @functools.lru_cache(maxsize=256)
 def _hinton_constants(T, alpha, B, dims, dtype, device):
     # Made once per (T, α, batch size): building even a tiny tensor costs as much as a kernel.
+    mix, q_weight, d = _hinton_weights(T, alpha)
     scale = torch.tensor([1 / T, 1.0], dtype=dtype, device=device).view((2,) + (1,) * dims)
-    onehot_weight = torch.full((1,) * (dims - 1) + (B,), -(1 - alpha) / (alpha * T + 1 - alpha), dtype=dtype,
-                               device=device)
-    return scale, onehot_weight
+    onehot_weight = torch.full((1,) * (dims - 1) + (B,), -mix, dtype=dtype, device=device)
+    return scale, onehot_weight, mix, q_weight, d / B
 
 
 class HintonLoss(torch.autograd.Function):
@@ -145,7 +149,7 @@ class HintonLoss(torch.autograd.Function):
     made a KD step of a small student half as costly again as a CE step. Here the teacher's part
     comes precomputed (:func:`hinton_targets`), both softmaxes are one kernel and the gradient is
     formed in the forward pass: a dozen kernels in all. ``s`` is ``(..., B, K)`` and ``targets``
-    ``(..., 3K, B)``; leading dims are the members of a stacked grid, each with its own ``T``
+    ``(..., 2K, B)``; leading dims are the members of a stacked grid, each with its own ``T``
     and ``alpha`` (numbers, or tensors of shape ``s.shape[:-2]``); the loss has shape
     ``s.shape[:-2]``. ``labels=None`` is pure KD, for targets made with α = 1.
     tests/test_losses.py checks value and gradient against the written-out loss."""
@@ -155,31 +159,33 @@ class HintonLoss(torch.autograd.Function):
         if s.dtype in (torch.float16, torch.bfloat16):  # logits under CUDA autocast: softmaxes in fp32
             s = s.float()  # (autograd casts the gradient back to the logits' dtype)
         B, K = s.shape[-2:]
+        per_member = isinstance(T, torch.Tensor)
         if labels is None:
-            alpha = torch.ones_like(T) if isinstance(T, torch.Tensor) else 1.0
-        if isinstance(T, torch.Tensor):  # per member: broadcast over (classes, batch)
-            T_ = T[..., None, None]
-            scale = torch.stack((1 / T_, torch.ones_like(T_)))
-            mix = (1 - alpha) / (alpha * T + 1 - alpha)
-            onehot_weight, mix = (-mix)[..., None, None].expand(s.shape[:-2] + (1, B)), mix[..., None, None]
+            alpha = torch.ones_like(T) if per_member else 1.0
+        if per_member:  # broadcast over (classes, batch)
+            mix, q_weight, d = (w[..., None, None] for w in _hinton_weights(T, alpha))
+            scale = torch.stack((1 / T[..., None, None], torch.ones_like(d)))
+            onehot_weight, grad_scale = (-mix).expand(s.shape[:-2] + (1, B)), d[..., 0, 0] / B
         else:
-            mix = (1 - alpha) / (alpha * T + 1 - alpha)
-            scale, onehot_weight = _hinton_constants(float(T), float(alpha), B, s.dim(), s.dtype, s.device)
+            scale, onehot_weight, mix, q_weight, grad_scale = _hinton_constants(
+                float(T), float(alpha), B, s.dim(), s.dtype, s.device)
         # Classes first: PyTorch's CPU softmax over a last dim of ~10 is several times slower
         # than over a leading one. log p_T and log p come out of one kernel.
-        log_p_T, log_p = log_p_both = (s.transpose(-1, -2) * scale).log_softmax(-2)
-        weighted_q, scaled_q, log_q = targets.split(K, -2)
-        loss = (weighted_q * (log_q - log_p_T)).sum((-2, -1))  # Σ_batch α·T²·KL(q‖p_T)
-        p_T, p = log_p_both.exp()
-        # [α·T·p_T + (1 − α)·p − α·T·q − (1 − α)·onehot(y)] / (α·T + 1 − α): the gradient, times B / that sum
-        grad = torch.lerp(p_T, p, mix).sub_(scaled_q)
+        log_p_both = (s.transpose(-1, -2) * scale).log_softmax(-2)
+        weighted_q, log_q = targets[..., :K, :], targets[..., K:, :]
+        loss = (weighted_q * (log_q - log_p_both[0])).sum((-2, -1))  # Σ_batch α·T²·KL(q‖p_T)
+        p_both = log_p_both.exp()
+        # [α·T·p_T + (1 − α)·p − α·T·q − (1 − α)·onehot(y)] / (α·T + 1 − α): the gradient, times B / that sum.
+        # α·T·q is the table's α·T²·q over T: one table row serves the loss and the gradient.
+        grad = torch.lerp(p_both[0], p_both[1], mix)
+        grad = grad.addcmul_(weighted_q, q_weight) if per_member else grad.sub_(weighted_q, alpha=-q_weight)
         if labels is not None:
             at = labels.unsqueeze(-2)
-            nll = log_p.gather(-2, at).sum((-2, -1))  # minus Σ_batch CE
-            loss = loss - (1 - alpha) * nll if isinstance(alpha, torch.Tensor) else loss.sub_(nll, alpha=1 - alpha)
+            nll = log_p_both[1].gather(-2, at).sum((-2, -1))  # minus Σ_batch CE
+            loss = loss - (1 - alpha) * nll if per_member else loss.sub_(nll, alpha=1 - alpha)
             grad.scatter_add_(-2, at, onehot_weight)
         ctx.save_for_backward(grad)
-        ctx.grad_scale = (alpha * T + 1 - alpha) / B
+        ctx.grad_scale = grad_scale
         return loss / B
 
     @staticmethod

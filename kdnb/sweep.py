@@ -298,8 +298,8 @@ def train_stacked(modules, members, data, teacher_logits, *, epochs, batch_size,
     if fits_on(device, x, y):
         x, y = x.to(device), y.to(device)
     # Each member's share of the Hinton loss that depends on the teacher alone, for every sample
-    # (kdnb.losses.hinton_targets), stored sample-major, (n, members, 3 × classes): a step gathers
-    # whole rows, not 3 × classes × members strided columns (a tenth of the step when it did).
+    # (kdnb.losses.hinton_targets), stored sample-major, (n, members, 2 × classes): a step gathers
+    # whole rows, not 2 × classes × members strided columns (a tenth of the step when it did).
     targets = losses.hinton_targets(teacher_logits.to(device), T, alpha).permute(2, 0, 1).contiguous().to(x.device)
     member_index = torch.arange(n_members, device=x.device)[:, None]
 
