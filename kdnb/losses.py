@@ -137,6 +137,7 @@ def _hinton_constants(T, alpha, B, dims, dtype, device):
     mix, q_weight, d = _hinton_weights(T, alpha)
     scale = torch.tensor([1 / T, 1.0], dtype=dtype, device=device).view((2,) + (1,) * dims)
     onehot_weight = torch.full((1,) * (dims - 1) + (B,), -mix, dtype=dtype, device=device)
+    q_weight = torch.tensor(q_weight, dtype=dtype, device=device)  # a tensor, as a member's is: one addcmul_ for both
     return scale, onehot_weight, mix, q_weight, d / B
 
 
@@ -163,9 +164,10 @@ class HintonLoss(torch.autograd.Function):
         if labels is None:
             alpha = torch.ones_like(T) if per_member else 1.0
         if per_member:  # broadcast over (classes, batch)
-            mix, q_weight, d = (w[..., None, None] for w in _hinton_weights(T, alpha))
-            scale = torch.stack((1 / T[..., None, None], torch.ones_like(d)))
-            onehot_weight, grad_scale = (-mix).expand(s.shape[:-2] + (1, B)), d[..., 0, 0] / B
+            mix, q_weight, d = _hinton_weights(T, alpha)
+            mix, q_weight, grad_scale = mix[..., None, None], q_weight[..., None, None], d / B
+            scale = torch.stack((1 / T, torch.ones_like(T)))[..., None, None]
+            onehot_weight = (-mix).expand(s.shape[:-2] + (1, B))
         else:
             scale, onehot_weight, mix, q_weight, grad_scale = _hinton_constants(
                 float(T), float(alpha), B, s.dim(), s.dtype, s.device)
@@ -177,8 +179,7 @@ class HintonLoss(torch.autograd.Function):
         p_both = log_p_both.exp()
         # [α·T·p_T + (1 − α)·p − α·T·q − (1 − α)·onehot(y)] / (α·T + 1 − α): the gradient, times B / that sum.
         # α·T·q is the table's α·T²·q over T: one table row serves the loss and the gradient.
-        grad = torch.lerp(p_both[0], p_both[1], mix)
-        grad = grad.addcmul_(weighted_q, q_weight) if per_member else grad.sub_(weighted_q, alpha=-q_weight)
+        grad = torch.lerp(p_both[0], p_both[1], mix).addcmul_(weighted_q, q_weight)
         if labels is not None:
             at = labels.unsqueeze(-2)
             nll = log_p_both[1].gather(-2, at).sum((-2, -1))  # minus Σ_batch CE
