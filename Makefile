@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kdnb-installed
 export KDNB_PROFILE ?= quick
-export KDNB_PROGRESS ?= 0
+# No progress bars in the site build's outputs or under nbval; `make lab` keeps them.
+book test: export KDNB_PROGRESS ?= 0
 
 .PHONY: book test lab bench install clean
 

@@ -6,10 +6,13 @@ server runs the chapter's first code cell's imports over the websocket, in book/
 The whole first cell trains a teacher (minutes on a cold cache): running chapters end to end is
 nbval's and `make book`'s job."""
 import ast
+import contextlib
+import difflib
 import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,17 +36,16 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """A JupyterLab server started like `make lab`; yields (base url, token); stops it after."""
-    tmp = tmp_path_factory.mktemp("lab")
+@contextlib.contextmanager
+def running_lab(tmp, *args):
+    """A JupyterLab server started like `make lab` (plus ``args``); yields (base url, token)."""
     port, token = free_port(), secrets.token_hex(16)
     # keep the user's own Jupyter config, runtime files and kernels out of the test
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp / "config"),
            "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"), "JUPYTER_DATA_DIR": str(tmp / "data")}
     cmd = [str(Path(sys.executable).with_name("jupyter")), "lab", f"--config={LAB_CONFIG}", "--no-browser",
            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-           f"--IdentityProvider.token={token}", "--allow-root"]
+           f"--IdentityProvider.token={token}", "--allow-root", *args]
     log = open(tmp / "server.log", "w+")
     proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -70,6 +72,25 @@ def lab(tmp_path_factory):
             proc.wait()
         log.close()
     assert proc.returncode is not None
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    with running_lab(tmp_path_factory.mktemp("lab")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def lab_on_copy(tmp_path_factory):
+    """The same server on a copy of jupytext.toml and book/*.md, for tests that save files;
+    yields (server, root of the copy)."""
+    root = tmp_path_factory.mktemp("copy")
+    shutil.copy(ROOT / "jupytext.toml", root)
+    (root / "book").mkdir()
+    for md in ROOT.glob("book/*.md"):
+        shutil.copy(md, root / "book")
+    with running_lab(tmp_path_factory.mktemp("lab-copy"), f"--ServerApp.root_dir={root}") as server:
+        yield server, root
 
 
 def api(lab, method, path, **kwargs):
@@ -179,3 +200,87 @@ def test_kernel_runs_the_chapters_first_cell_imports(lab, chapter):
         ws.close()
         api(lab, "DELETE", f"/api/sessions/{session['id']}")
     assert session["kernel"]["id"] not in [k["id"] for k in api(lab, "GET", "/api/kernels")]
+
+
+def kernel_info(lab, kernel_name):
+    """The kernel_info_reply of a fresh kernel: JupyterLab copies its language_info into the
+    notebook's metadata."""
+    url, token = lab
+    kernel = api(lab, "POST", "/api/kernels", json={"name": kernel_name})
+    ws = websocket.create_connection(f"ws://127.0.0.1:{url.rsplit(':', 1)[1]}/api/kernels/{kernel['id']}/channels",
+                                     header=[f"Authorization: token {token}"], timeout=60)
+    try:
+        msg_id = uuid.uuid4().hex
+        ws.send(json.dumps({"header": {"msg_id": msg_id, "msg_type": "kernel_info_request", "username": "test",
+                                       "session": uuid.uuid4().hex, "version": "5.3", "date": ""},
+                            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [], "content": {}}))
+        while True:
+            msg = json.loads(ws.recv())
+            if msg["msg_type"] == "kernel_info_reply" and msg["parent_header"].get("msg_id") == msg_id:
+                return msg["content"]
+    finally:
+        ws.close()
+        api(lab, "DELETE", f"/api/kernels/{kernel['id']}")
+
+
+def as_lab_saves_it(nb, kernelspec, language_info):
+    """The notebook model as JupyterLab sends it back after a run: the kernel's metadata, widget
+    state, outputs and execution counts, cell metadata of its own."""
+    nb["metadata"].update(kernelspec=kernelspec, language_info=language_info, widgets={
+        "application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2, "version_minor": 0}})
+    for cell in nb["cells"]:
+        cell["metadata"].update(scrolled=True, jupyter={"outputs_hidden": False})
+        if cell["cell_type"] == "code":
+            cell.update(execution_count=1, outputs=[{"output_type": "stream", "name": "stdout", "text": "ran\n"}])
+    return nb
+
+
+def test_saving_from_lab_leaves_every_page_byte_identical(lab_on_copy):
+    """Open each book/*.md through the contents API as JupyterLab does, save it back as Lab's
+    autosave would: the file must not change (no jupytext_version, no language_info, no header
+    added to a page that has none)."""
+    lab, root = lab_on_copy
+    specs = api(lab, "GET", "/api/kernelspecs")
+    name = specs["default"]
+    spec = specs["kernelspecs"][name]["spec"]
+    kernelspec = {"display_name": spec["display_name"], "language": spec["language"], "name": name}
+    language_info = kernel_info(lab, name)["language_info"]
+    pages = sorted((root / "book").glob("*.md"))
+    assert any(p.read_text().startswith("---\njupytext:") for p in pages), "no chapter with a jupytext header"
+    changed = []
+    for page in pages:
+        path, before = f"book/{page.name}", page.read_bytes()
+        model = api(lab, "GET", f"/api/contents/{path}", params={"type": "notebook", "content": 1})
+        assert model["type"] == "notebook" and model["content"]["cells"], path
+        nb = as_lab_saves_it(model["content"], kernelspec, language_info)
+        api(lab, "PUT", f"/api/contents/{path}", json={"type": "notebook", "format": "json", "content": nb})
+        after = page.read_bytes()
+        if after != before:
+            changed.append("".join(difflib.unified_diff(before.decode().splitlines(True), after.decode().splitlines(True),
+                                                        f"{path} as committed", f"{path} saved from Lab", n=1)))
+    assert not changed, "saving from JupyterLab rewrote:\n" + "\n".join(changed)
+
+
+def make_env(target, tmp_path):
+    """KDNB_PROGRESS as the recipe of `make <target>` sees it: the Makefile run on a scratch copy
+    with stand-ins for the tools, from an environment without KDNB_PROGRESS."""
+    shutil.copy(ROOT / "Makefile", tmp_path)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("python", "jupyter", "jupyter-book", "jupytext"):
+        (fake / tool).write_text('#!/bin/sh\necho "KDNB_PROGRESS=${KDNB_PROGRESS-unset}"\n')
+        (fake / tool).chmod(0o755)
+    (tmp_path / "_build").mkdir()
+    (tmp_path / "pyproject.toml").touch()
+    (tmp_path / "stamp").touch()  # newer than pyproject.toml: nothing to install
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KDNB_", "MAKE", "MFLAGS"))}
+    done = subprocess.run(["make", "-s", target, f"BIN={fake}", "STAMP=stamp"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return set(re.findall(r"^KDNB_PROGRESS=(\S+)$", done.stdout, re.M))
+
+
+@pytest.mark.skipif(not shutil.which("make"), reason="needs GNU make")
+@pytest.mark.parametrize("target, progress", [("lab", "unset"), ("book", "0"), ("test", "0")])
+def test_only_the_book_and_test_targets_switch_progress_off(target, progress, tmp_path):
+    assert make_env(target, tmp_path) == {progress}
