@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdnb import data as kdata, losses, models, profiles, sweep, train
-from kdnb.cache import TeacherCache
-from kdnb.objectives import Distill
+from kdnb.teachers import TeacherCache
+from kdnb.methods import Distill
 
 ALPHAS = (0, 0.1, 0.25, 0.5, 0.75, 0.9, 1)
 TS = (1, 2, 4, 8, 16)

@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import common
 from kdnb import data as kdata, models, profiles, train
-from kdnb.cache import TeacherCache
-from kdnb.objectives import CrossEntropy, Distill
+from kdnb.teachers import TeacherCache
+from kdnb.methods import CrossEntropy, Distill
 
 T, ALPHA = 4.0, 0.9
 

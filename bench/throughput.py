@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import common
 from kdnb import models, train
 from kdnb.data import Data
-from kdnb.objectives import Distill
+from kdnb.methods import Distill
 
 T, ALPHA, LR, MOMENTUM, WD = 4.0, 0.9, 0.05, 0.9, 5e-4
 STUDENT = {"name": "convnet", "depth": 4, "width": 32, "hidden": 128, "norm": True}

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .losses import check_number
-from .models import check_positive_int
+from .checks import check_number, check_positive_int
+from .store import memo
 
 EMBEDDED = ("digits", "mnist1d")
 TORCHVISION = ("mnist", "fashion_mnist", "cifar10", "svhn")
@@ -115,7 +115,7 @@ def with_transfer_set(data, n, seed=1):
     Their true labels ride along only so that train accuracy can be reported; an objective
     with ``labels=False`` never shows them to the student.
     """
-    from .cache import memo
+
     if data.name != "mnist1d":
         raise ValueError(f"data must be the mnist1d data set (its generator makes fresh inputs), got {data.name!r}")
     n = check_positive_int("n", n)
@@ -142,7 +142,7 @@ def load_digits(root, download):
 
 
 def load_mnist1d(root, download):
-    from .cache import memo
+
 
     d = memo("data", {"name": "mnist1d", "generator": "mnist1d.make_dataset", "args": "default"},
              lambda: make_mnist1d(4000 + 1000, 42))

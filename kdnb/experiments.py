@@ -3,7 +3,7 @@ teacher, and students trained over several seeds with one objective or another."
 from dataclasses import dataclass
 
 from . import profiles
-from .cache import TeacherCache
+from .teachers import TeacherCache
 from .data import load
 from .train import evaluate, trained
 

@@ -9,20 +9,7 @@ import math
 import torch
 from torch import nn
 
-from .losses import check_number
-
-
-def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def check_shape(shape):
-    if not isinstance(shape, (tuple, list)) or not shape or not all(
-            isinstance(s, int) and s > 0 for s in shape):
-        raise ValueError(f"in_shape must be a non-empty tuple of positive ints, got {shape!r}")
-    return tuple(shape)
+from .checks import check_number, check_positive_int, check_shape  # noqa: F401
 
 
 def mlp(in_shape, hidden=(128,), classes=10, dropout=0.0):

@@ -26,10 +26,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from . import cache, losses, models
-from .cache import TeacherCache
-from .train import (NonFiniteLoss, autocast, check_fit_args, data_key, default_device, fit, fits_on, logits_of,
-                    predict, progress_default, training_code)
+from . import losses, models, store
+from .device import autocast, default_device, fits_on
+from .methods import Distill, hinton
+from .teachers import TeacherCache, logits_of, predict
+from .train import NonFiniteLoss, check_fit_args, data_key, fit, progress_default, training_code
 
 MEMBER_KEYS = ("alpha", "T", "seed")
 # Above this many forward FLOPs per member per step, stacking is no faster than one model at a time
@@ -261,7 +262,6 @@ def fit_grid(make_student, data, teacher, members, *, epochs=10, batch_size=64, 
             histories += train_stacked(modules[part], members[part], data, logits, data_seed=data_seed,
                                        progress=progress, first=start, **fit_kwargs)
     else:
-        from .objectives import Distill
         from tqdm.auto import tqdm
         for m, model in zip(tqdm(members, disable=not progress, leave=False, desc="fit_grid"), modules):
             source = teacher if augment else TeacherCache(logits)
@@ -420,11 +420,11 @@ def trained_grid(spec, data, teacher, members, *, key=None, **fit_grid_kwargs):
     # A teacher model is named by its weights: its logits would cost a pass over the training split
     # here and another in fit_grid (with augment, fit_grid never needs them at all).
     if isinstance(teacher, nn.Module):
-        teacher_key = cache.tensor_hash(*teacher.state_dict().values(), text=repr(teacher))
+        teacher_key = store.tensor_hash(*teacher.state_dict().values(), text=repr(teacher))
     else:
         teacher = teacher_table(teacher, data)
-        teacher_key = cache.tensor_hash(teacher)
-    config = {"spec": spec, "code": training_code(sys.modules[__name__]), "data": data_key(data),
+        teacher_key = store.tensor_hash(teacher)
+    config = {"spec": spec, "code": training_code(hinton, sys.modules[__name__]), "data": data_key(data),
               "teacher": teacher_key, "members": list(members),
               "fit": {k: v for k, v in fit_grid_kwargs.items() if k not in ("device", "progress")}, "extra": key}
 
@@ -433,7 +433,7 @@ def trained_grid(spec, data, teacher, members, *, key=None, **fit_grid_kwargs):
         return {"states": [{k: v.cpu() for k, v in m.state_dict().items()} for m in r.models],
                 "histories": r.histories, "vectorized": r.vectorized, "note": r.note, "wall_time": r.wall_time}
 
-    stored = cache.memo("grids", config, compute)
+    stored = store.memo("grids", config, compute)
     student_models = []
     for state in stored["states"]:
         model = models.build(spec, data.shape, data.classes)

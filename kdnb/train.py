@@ -1,12 +1,13 @@
-"""One training loop for every chapter: ``fit(model, data, objective)`` → history.
+"""One training loop for every chapter: ``fit(model, data, method)`` → history.
 
-The method lives in the objective (``kdnb.objectives``); the loop only batches, steps,
-evaluates, keeps the best model by validation accuracy, and checkpoints. The device is picked
-in :func:`default_device` and nowhere else.
+The method (``kdnb.methods``) says what to minimise, as named loss terms, which student
+parameters train and which extra players (a discriminator) it updates; the loop only batches,
+steps, evaluates, keeps the best model by validation accuracy, checkpoints and shows progress.
+``trained`` is the cached form. The device is picked in ``kdnb.device`` and nowhere else.
 """
-import contextlib
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,66 +15,35 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import cache
-from .losses import check_number
-from .models import check_positive_int
-
-
-def default_device():
-    """``$KDNB_DEVICE`` when set, else CUDA when present, else the CPU."""
-    name = os.environ.get("KDNB_DEVICE")
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from . import checks, device as devices, losses, models, store, teachers
+from .checks import check_number, check_positive_int
+from .data import Data
+from .device import autocast, default_device, fits_on, prepare
+from .methods import CrossEntropy, Uncacheable, as_method, code_of, describe
+from .methods import base as methods_base
+from .teachers import logits_of, predict
 
 
 def progress_default():
+    """Progress bars unless ``$KDNB_PROGRESS=0`` (the site build, nbval and CI set it)."""
     return os.environ.get("KDNB_PROGRESS", "1") != "0"
+
+
+def progress_bar(total, desc, progress=None):
+    """One tqdm bar (a widget in JupyterLab), or a disabled one when progress is off."""
+    from tqdm.auto import tqdm
+    progress = progress_default() if progress is None else progress
+    return tqdm(total=total, desc=desc, disable=not progress, leave=False)
 
 
 @dataclass
 class Batch:
-    """What an objective sees besides the model's output: inputs, labels and the samples'
+    """What a method sees besides the model's output: inputs, labels and the samples'
     indices into the training split (so cached teacher outputs line up with a shuffled batch)."""
     x: torch.Tensor
     y: torch.Tensor
     idx: torch.Tensor
     augmented: bool = False
-
-
-def logits_of(out):
-    return out["logits"] if isinstance(out, dict) else out
-
-
-def autocast(device):
-    # bf16 on CUDA: same range as fp32, so no loss scaling is needed. Elsewhere no context at all:
-    # entering a disabled torch.autocast still costs ~10 µs, a tenth of a small model's step overhead.
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def prepare(model, device, sample):
-    model.to(device)
-    if device.type == "cuda" and sample.dim() == 4:
-        model.to(memory_format=torch.channels_last)
-    return model
-
-
-@torch.no_grad()
-def predict(model, x, batch_size=1024, device=None):
-    """Logits of ``model`` on ``x`` (eval mode, no gradients); the model's mode is restored."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        outs = []
-        for i in range(0, len(x), batch_size):
-            with autocast(device):
-                outs.append(logits_of(model(x[i:i + batch_size].to(device, non_blocking=True))).float())
-        return torch.cat(outs)
-    finally:
-        model.train(was_training)
 
 
 def evaluate(model, x, y, batch_size=1024):
@@ -115,19 +85,11 @@ def batches(x, y, batch_size, g, device, augment):
         yield Batch(xb, yb, idx, bool(augment))
 
 
-def fits_on(device, *tensors):
-    if device.type != "cuda":
-        return True
-    free, _ = torch.cuda.mem_get_info(device)
-    return sum(t.numel() * t.element_size() for t in tensors) < 0.4 * free
-
-
 class NonFiniteLoss(FloatingPointError):
     pass
 
 
 def check_fit_args(model, data, epochs, batch_size, lr, weight_decay, optimizer, schedule):
-    from .data import Data
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(data, Data):
@@ -154,34 +116,63 @@ def check_fit_args(model, data, epochs, batch_size, lr, weight_decay, optimizer,
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
 
 
-def fit(model, data, objective=None, *, epochs=10, batch_size=64, lr=1e-3, weight_decay=0.0,
+def make_optimizer(params, optimizer, lr, weight_decay, momentum, device):
+    # The fused kernels update each tensor in one pass instead of ~10 small ops: a fifth of a step of
+    # the quick profile's MLP. Same arithmetic, equal to float rounding.
+    fused = device.type in ("cpu", "cuda") or None
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True, fused=fused)
+    adam = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+    return adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
+def descended(terms):
+    """The sum of the terms a player descends; detached ones (an accuracy) are only logged."""
+    live = [v for v in terms.values() if v.requires_grad]
+    if not live:
+        raise ValueError(f"no loss term requires a gradient (terms: {', '.join(terms)}); a method must return "
+                         f"at least one term computed from the model's output")
+    return live[0] if len(live) == 1 else sum(live)
+
+
+def method_key(method, checkpoint):
+    """The method's description for a checkpoint's resume check; a method that can't be described
+    can't be checked, so it can't checkpoint either."""
+    try:
+        return store.key_of(describe(method))
+    except Uncacheable as err:
+        if checkpoint:
+            raise ValueError(f"checkpoint needs a method kdnb can describe, to refuse resuming with another: "
+                             f"{err}") from None
+        return None
+
+
+def fit(model, data, method=None, *, epochs=10, batch_size=64, lr=1e-3, weight_decay=0.0,
         optimizer="adam", momentum=0.9, schedule="constant", seed=0, device=None, augment=False,
         select="best", checkpoint=None, progress=None, shuffle_seed=None):
-    """Train ``model`` on ``data.x_train`` with ``objective(out, batch) -> loss``.
+    """Train ``model`` on ``data.x_train`` with ``method`` (a ``kdnb.methods.Method``, or a plain
+    ``fn(out, batch) -> loss``; default cross-entropy).
 
-    Returns the history: per epoch ``loss``, ``train_acc`` (running, in train mode),
-    ``val_acc``, ``lr`` and cumulative ``time``; plus ``best_epoch`` and ``best_val_acc``.
+    Returns the history: per epoch ``loss`` (what the student descended), ``terms`` (each named
+    loss term of the method and of its players, ``"D/bce"``), ``train_acc`` (running, in train
+    mode), ``val_acc``, ``lr`` and cumulative ``time``; plus ``best_epoch`` and ``best_val_acc``.
     With ``select="best"`` the model ends with the weights of its best validation epoch —
     the test split is never looked at. With ``checkpoint=path`` every epoch is saved
-    atomically and a killed run resumes from the last one, losing nothing.
-    ``shuffle_seed`` (default: ``seed``) seeds the batch order alone, so runs with different
-    initial weights can share batches (as the members of ``kdnb.sweep.fit_grid`` do).
+    atomically (student, method, every optimiser, RNG states) and a killed run resumes from the
+    last one, losing nothing. ``shuffle_seed`` (default: ``seed``) seeds the batch order alone, so
+    runs with different initial weights can share batches (as the members of
+    ``kdnb.sweep.fit_grid`` do). ``progress``: a bool, or a tqdm bar to advance by epochs.
     """
-    from .objectives import CrossEntropy
     check_fit_args(model, data, epochs, batch_size, lr, weight_decay, optimizer, schedule)
     if select not in ("best", "last"):
         raise ValueError(f"select must be 'best' or 'last', got {select!r}")
-    objective = CrossEntropy() if objective is None else objective
-    if not callable(objective):
-        raise TypeError(f"objective must be callable as objective(out, batch), got {type(objective).__name__}")
+    method = CrossEntropy() if method is None else as_method(method)
     device = torch.device(device) if device else default_device()
-    progress = progress_default() if progress is None else progress
 
-    torch.manual_seed(seed)  # dropout and any other randomness inside the step
+    torch.manual_seed(seed)  # dropout, parts a method builds in setup, any other randomness in the step
     g = torch.Generator().manual_seed(seed if shuffle_seed is None else shuffle_seed)  # shuffling, augmentation
     prepare(model, device, data.x_train)
-    if isinstance(objective, nn.Module):
-        objective.to(device)
+    method.to(device)
     x, y = data.x_train, data.y_train
     if fits_on(device, x, y):
         x, y = x.to(device), y.to(device)
@@ -192,34 +183,34 @@ def fit(model, data, objective=None, *, epochs=10, batch_size=64, lr=1e-3, weigh
                          f"'{err}'; build the model with in_shape={data.shape}") from None
     if out_classes != data.classes:
         raise ValueError(f"model outputs {out_classes} classes but data {data.name!r} has {data.classes}")
-    if hasattr(objective, "check"):
-        objective.check(data)
+    method.setup(model, data)
+    method.to(device)  # parts made in setup
+    method.train()
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    if isinstance(objective, nn.Module):
-        params += [p for p in objective.parameters() if p.requires_grad]
-    # The fused kernels update each tensor in one pass instead of ~10 small ops: a fifth of a step of
-    # the quick profile's MLP. Same arithmetic, equal to float rounding.
-    fused = device.type in ("cpu", "cuda") or None
-    if optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True, fused=fused)
-    else:
-        opt = (torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam)(params, lr=lr, weight_decay=weight_decay,
-                                                                                fused=fused)
+    players = method.players()
+    theirs = {id(p) for player in players.values() for p in player.parameters()}
+    params, seen = [], set()
+    for p in [*method.trainable(model), *method.parameters()]:
+        if p.requires_grad and id(p) not in theirs and id(p) not in seen:  # a player's weights: its own optimiser
+            params.append(p)
+            seen.add(id(p))
+    opt = make_optimizer(params, optimizer, lr, weight_decay, momentum, device)
+    player_opts = {name: player.make_optimizer() for name, player in players.items()}
     steps_per_epoch = math.ceil(len(y) / batch_size)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)
              if schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
 
-    history = {"epoch": [], "loss": [], "train_acc": [], "val_acc": [], "lr": [], "time": [],
+    history = {"epoch": [], "loss": [], "terms": {}, "train_acc": [], "val_acc": [], "lr": [], "time": [],
                "best_epoch": -1, "best_val_acc": -1.0}
     best_state, start, elapsed = None, 0, 0.0
     fit_config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "optimizer": optimizer,
                   "schedule": schedule, "weight_decay": weight_decay, "n_train": len(y), "select": select,
                   "shuffle_seed": shuffle_seed, "momentum": momentum, "data": data.name,
                   "augment": getattr(augment, "__name__", augment),  # a name: checkpoints hold no code
-                  "model": cache.key_of(repr(model))}  # the architecture: same-shaped weights may not fit it
+                  "model": store.key_of(repr(model)),  # the architecture: same-shaped weights may not fit it
+                  "method": method_key(method, checkpoint)}  # T, α, the teacher: resuming with others is refused
     if checkpoint and Path(checkpoint).exists():
-        state = cache.load(checkpoint)
+        state = store.load(checkpoint)
         if state["fit_config"] != fit_config:
             diff = ", ".join(f"{k}={state['fit_config'].get(k)!r} there, {fit_config.get(k)!r} here"
                              for k in sorted(fit_config.keys() | state["fit_config"].keys())
@@ -229,8 +220,9 @@ def fit(model, data, objective=None, *, epochs=10, batch_size=64, lr=1e-3, weigh
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        if isinstance(objective, nn.Module):
-            objective.load_state_dict(state["objective"])
+        method.load_state_dict(state["method"])
+        for name, o in player_opts.items():
+            o.load_state_dict(state["players"][name])
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -238,41 +230,59 @@ def fit(model, data, objective=None, *, epochs=10, batch_size=64, lr=1e-3, weigh
         history, best_state, start = state["history"], state["best_state"], state["epoch"] + 1
         elapsed = history["time"][-1] if history["time"] else 0.0
 
-    from tqdm.auto import tqdm
-    bar = tqdm(range(start, epochs), initial=start, total=epochs, disable=not progress, leave=False,
-               desc=f"fit {type(model).__name__}")
+    outer = progress if hasattr(progress, "update") else None  # a caller's bar over several runs
+    bar = outer or progress_bar(epochs, f"fit {type(model).__name__} ({type(method).__name__})", progress)
+    bar.update(start)
     model.train()
-    for epoch in bar:
+    names = None
+    for epoch in range(start, epochs):
         t0 = time.perf_counter()
-        if hasattr(objective, "start_epoch"):
-            objective.start_epoch(epoch, epochs)
-        step_losses, predictions, labels = [], [], []
+        method.start_epoch(epoch, epochs)
+        rows, predictions, labels = [], [], []
         for batch in batches(x, y, batch_size, g, device, augment):
             with autocast(device):
-                out = model(batch.x)
-                loss = objective(out, batch)
+                logits, terms = method.forward_train(model, batch)
+            loss = descended(terms)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            step_losses.append(loss.detach().float())
-            predictions.append(logits_of(out).argmax(1))  # compared once per epoch, not per step
+            if players:  # after the student's step, on its detached logits: D never descends the student's loss
+                row = [loss.detach(), *terms.values()]
+                player_names = []
+                for name, player in players.items():
+                    for _ in range(player.steps):
+                        with autocast(device):
+                            played = method.player_losses(name, batch, logits.detach())
+                        player_opts[name].zero_grad(set_to_none=True)  # drops what the student's loss put there
+                        descended(played).backward()
+                        player_opts[name].step()
+                        player.after_step()
+                    row += played.values()
+                    player_names += [f"{name}/{k}" for k in played]
+                rows.append(torch.stack([v.detach().float() for v in row]))
+                names = names or ["loss", *terms, *player_names]
+            elif len(terms) == 1:  # the common case: the one term is the loss (no stack, no copy)
+                rows.append(loss.detach().float())
+                names = names or ["loss"]
+                single = next(iter(terms))
+            else:
+                rows.append(torch.stack([loss.detach(), *(v.detach() for v in terms.values())]).float())
+                names = names or ["loss", *terms]
+            predictions.append(logits.argmax(1))  # compared once per epoch, not per step
             labels.append(batch.y)
-        # One host sync per epoch, not per step: the NaN guard looks at all steps at once.
-        losses = torch.stack(step_losses)
-        finite = torch.isfinite(losses)
-        if not finite.all():
-            bad = int((~finite).nonzero()[0])
-            last = losses[:bad][finite[:bad]]
-            last = f"{last[-1].item():.4g}" if len(last) else ("none this epoch; previous epoch mean "
-                                                             f"{history['loss'][-1]:.4g}" if history["loss"] else "none")
-            raise NonFiniteLoss(f"loss became non-finite at step {bad} of epoch {epoch} "
-                                f"(global step {epoch * steps_per_epoch + bad}); last finite loss {last}, "
-                                f"lr {opt.param_groups[0]['lr']:.3g}. Lower lr or check the inputs.")
+        # One host sync per epoch, not per step: the NaN guard looks at all steps and terms at once.
+        values = torch.stack(rows)
+        values = values[:, None] if values.dim() == 1 else values
+        check_finite(values, names, epoch, steps_per_epoch, history, opt)
         val_acc = evaluate(model, data.x_val, data.y_val) if len(data.y_val) else float("nan")
         elapsed += time.perf_counter() - t0
+        means = values.mean(0).tolist()
         history["epoch"].append(epoch)
-        history["loss"].append(losses.mean().item())
+        history["loss"].append(means[0])
+        logged = {single: means[0]} if len(names) == 1 else dict(zip(names[1:], means[1:]))
+        for k, v in logged.items():
+            history["terms"].setdefault(k, []).append(v)
         history["train_acc"].append((torch.cat(predictions) == torch.cat(labels)).sum().item() / len(y))
         history["val_acc"].append(val_acc)
         history["lr"].append(opt.param_groups[0]["lr"])
@@ -281,50 +291,91 @@ def fit(model, data, objective=None, *, epochs=10, batch_size=64, lr=1e-3, weigh
             history["best_epoch"], history["best_val_acc"] = epoch, val_acc
             if select == "best":  # "last" ends with the model as it is: no copy to keep
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        bar.update(1)
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", val=f"{val_acc:.3f}")
         if checkpoint:
-            cache.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "objective": objective.state_dict() if isinstance(objective, nn.Module) else {},
+            store.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "method": method.state_dict(), "players": {k: o.state_dict() for k, o in player_opts.items()},
                         "rng": torch.get_rng_state(), "generator": g.get_state(), "epoch": epoch,
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                         "history": history, "best_state": best_state, "fit_config": fit_config}, checkpoint)
-    bar.close()
+    if outer is None:
+        bar.close()
     if select == "best" and best_state is not None:
         model.load_state_dict(best_state)
     model.train()
     return history
 
 
-def trained(spec, data, objective=None, *, seed=0, key=None, **fit_kwargs):
-    """A model built from ``spec`` and trained with ``fit``, stored in the kdnb cache by its
-    full config (model spec and code, data, objective, fit arguments, seed): computed once,
-    loaded after. Returns ``(model, history)``, the model on the default device in eval mode."""
-    from . import models
-    from .objectives import describe
-    config = {"spec": spec, "code": training_code(), "data": data_key(data),
-              "objective": describe(objective), "fit": fit_kwargs, "seed": seed, "extra": key}
+def check_finite(values, names, epoch, steps_per_epoch, history, opt):
+    """Stop at the first non-finite term of an epoch, naming the term (and the player) and the step."""
+    finite = torch.isfinite(values)
+    if finite.all():
+        return
+    step, col = (~finite).nonzero()[0].tolist()
+    name = names[col]
+    whose = f"player {name.split('/')[0]!r}'s term {name.split('/')[1]!r}" if "/" in name else \
+        ("the student's loss" if col == 0 else f"the student's term {name!r}")
+    last = values[:step, col][finite[:step, col]]
+    last = f"{last[-1].item():.4g}" if len(last) else ("none this epoch; previous epoch mean "
+                                                     f"{history['loss'][-1]:.4g}" if history["loss"] else "none")
+    raise NonFiniteLoss(f"loss became non-finite at step {step} of epoch {epoch} (global step "
+                        f"{epoch * steps_per_epoch + step}): {whose}; last finite loss {last}, "
+                        f"lr {opt.param_groups[0]['lr']:.3g}. Lower lr or check the inputs.")
+
+
+def trained(spec, data, method=None, *, seed=0, init=None, key=None, progress=None, device=None, **fit_kwargs):
+    """A model built from ``spec`` (started from ``init``'s weights when given: a model or a state
+    dict) and trained with ``fit``, stored in the kdnb cache by its full config (model spec, the
+    code of the loop and of the method, data, the method's description, fit arguments, seed, the
+    initial weights): computed once, loaded after. Progress and device are not part of the key.
+    A method that can't be described is refused (``kdnb.methods.Uncacheable``), never served
+    another's entry. Returns ``(model, history)``, the model on the default device in eval mode."""
+    method = CrossEntropy() if method is None else as_method(method)
+    if isinstance(init, nn.Module):
+        init = init.state_dict()
+    try:
+        config = {"spec": spec, "code": training_code(method), "data": data_key(data), "method": describe(method),
+                  "fit": fit_kwargs, "seed": seed, "extra": key,
+                  "init": store.tensor_hash(*init.values(), text=" ".join(init)) if init else None}
+    except Uncacheable as err:
+        raise Uncacheable(f"trained() can't cache this run: {err}") from None
 
     def compute():
         model = models.build(spec, data.shape, data.classes, seed=seed)
-        history = fit(model, data, objective, seed=seed, **fit_kwargs)
-        return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "history": history}
+        if init:
+            model.load_state_dict(init)
+        history = fit(model, data, method, seed=seed, progress=progress, device=device, **fit_kwargs)
+        return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "history": history,
+                "method": {k: v.cpu() for k, v in method.state_dict().items()}}
 
-    stored = cache.memo("models", config, compute)
+    computed = []
+    stored = store.memo("models", config, lambda: computed.append(1) or compute())
     model = models.build(spec, data.shape, data.classes)
     model.load_state_dict(stored["state"])
-    return model.to(default_device()).eval(), stored["history"]
+    model.to(device or default_device())
+    if not computed:
+        if stored["method"]:  # a trained regressor or discriminator: leave the method as a fresh run would
+            method.to(next(model.parameters()).device)
+            method.setup(model, data)
+            method.load_state_dict(stored["method"])
+        if hasattr(progress, "update"):
+            progress.update(stored["history"]["epoch"][-1] + 1 if stored["history"]["epoch"] else 0)
+    return model.eval(), stored["history"]
 
 
-def training_code(*more):
-    """A hash of the code that builds and trains a model (models, losses, objectives, this loop,
-    and ``more`` modules): in cache keys, an edit to the loss or the loop retrains, as an edit to
-    the model does (a reader's warm cache would otherwise keep the old numerics)."""
-    import sys
-    from . import losses, models, objectives
-    return cache.source_hash(models, losses, objectives, sys.modules[__name__], *more)
+def training_code(*methods_or_modules):
+    """``{module: source hash}`` of the code that builds and trains a model: the loop, models,
+    losses, teachers, checks, the method protocol, and each method's own modules (or the modules
+    given). In cache keys, an edit to any of them retrains; a new method file retrains nothing."""
+    mods = [checks, devices, losses, models, teachers, methods_base, sys.modules[__name__]]
+    code = {m.__name__: store.source_hash(m) for m in mods}
+    for x in methods_or_modules:
+        code.update(code_of(x) if isinstance(x, nn.Module) else {x.__name__: store.source_hash(x)})
+    return code
 
 
 def data_key(data):
     """What identifies a data set's contents: name, sizes and a checksum of the tensors."""
     return {"name": data.name, "sizes": data.sizes(),
-            "sha": cache.tensor_hash(data.x_train, data.y_train, data.x_val, data.y_val)}
+            "sha": store.tensor_hash(data.x_train, data.y_train, data.x_val, data.y_val)}

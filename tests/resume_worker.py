@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from kdnb import cache, models, train
+from kdnb import store, models, train
 from kdnb.data import Data
-from kdnb.objectives import CrossEntropy
+from kdnb.methods import CrossEntropy
 
 EPOCHS, BATCH, STALL_STEP = 6, 32, 2
 SPEC = {"name": "mlp", "hidden": [32], "dropout": 0.3}
@@ -36,24 +36,25 @@ def toy_data(seed=0, n=192, classes=4):
 class LoggedCrossEntropy(CrossEntropy):
     def __init__(self, log, stall_epoch=None):
         super().__init__()
-        self.log, self.stall_epoch, self.epoch, self.step = log, stall_epoch, 0, 0
+        # Private: runtime state, not part of the method's description (the resumed run stalls nowhere).
+        self._log, self._stall_epoch, self._epoch, self._step = log, stall_epoch, 0, 0
 
     def note(self, text):
-        with open(self.log, "a") as f:
+        with open(self._log, "a") as f:
             f.write(f"{os.getpid()} {text}\n")
             f.flush()
             os.fsync(f.fileno())
 
     def start_epoch(self, epoch, epochs):
-        self.epoch, self.step = epoch, 0
+        self._epoch, self._step = epoch, 0
         self.note(f"epoch {epoch}")
 
-    def forward(self, out, batch):
-        if self.epoch == self.stall_epoch and self.step == STALL_STEP:
-            self.note(f"stall {self.epoch}")
+    def losses(self, logits, batch):
+        if self._epoch == self._stall_epoch and self._step == STALL_STEP:
+            self.note(f"stall {self._epoch}")
             time.sleep(600)  # killed here, mid-epoch
-        self.step += 1
-        return super().forward(out, batch)
+        self._step += 1
+        return super().losses(logits, batch)
 
 
 def main():
@@ -69,7 +70,7 @@ def main():
     history = train.fit(model, data, LoggedCrossEntropy(args.log, args.stall_epoch), epochs=EPOCHS,
                         batch_size=BATCH, lr=1e-2, schedule="cosine", augment=True, seed=0,
                         checkpoint=args.checkpoint or None, progress=False)  # device: $KDNB_DEVICE
-    cache.save({"state": model.state_dict(), "history": history}, Path(args.out))
+    store.save({"state": model.state_dict(), "history": history}, Path(args.out))
 
 
 if __name__ == "__main__":

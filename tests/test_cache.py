@@ -1,4 +1,4 @@
-"""kdnb.cache: atomic checksummed files, memo by config, trained models computed once, and
+"""kdnb.store: atomic checksummed files, memo by config, trained models computed once, and
 TeacherCache lookups by sample index."""
 import os
 import pickle
@@ -7,9 +7,10 @@ import warnings
 import pytest
 import torch
 
-from kdnb import cache, models, train
-from kdnb.cache import CorruptFileError, TeacherCache
-from kdnb.objectives import Distill
+from kdnb import store, models, train
+from kdnb.store import CorruptFileError
+from kdnb.teachers import TeacherCache
+from kdnb.methods import Distill
 from kdnb.train import Batch
 
 FIT = dict(epochs=2, batch_size=64, lr=3e-3, device="cpu", progress=False)
@@ -37,54 +38,54 @@ def assert_same(a, b):
 
 def test_save_load_round_trip(tmp_path):
     obj = sample()
-    path = cache.save(obj, tmp_path / "deep" / "er" / "x.pt")  # parent folders are made
-    assert_same(cache.load(path), obj)
+    path = store.save(obj, tmp_path / "deep" / "er" / "x.pt")  # parent folders are made
+    assert_same(store.load(path), obj)
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "x.pt"
-    cache.save({"v": torch.zeros(3)}, path)
+    store.save({"v": torch.zeros(3)}, path)
     assert os.listdir(tmp_path) == ["x.pt"]  # no temp file left behind
 
     # A crash between writing and renaming leaves the old file intact and no temp file.
     def crash(src, dst):
         raise OSError("disk went away")
 
-    monkeypatch.setattr(cache.os, "replace", crash)
+    monkeypatch.setattr(store.os, "replace", crash)
     with pytest.raises(OSError, match="disk went away"):
-        cache.save({"v": torch.ones(3)}, path)
+        store.save({"v": torch.ones(3)}, path)
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["x.pt"]
-    assert torch.equal(cache.load(path)["v"], torch.zeros(3))
+    assert torch.equal(store.load(path)["v"], torch.zeros(3))
 
 
 def test_truncated_file_is_detected(tmp_path):
-    path = cache.save(sample(), tmp_path / "x.pt")
+    path = store.save(sample(), tmp_path / "x.pt")
     blob = path.read_bytes()
     for cut in (1, 70, len(blob) // 2):
         path.write_bytes(blob[:-cut])
         with pytest.raises(CorruptFileError, match=str(path)):
-            cache.load(path)
+            store.load(path)
 
 
 def test_bit_flip_is_detected(tmp_path):
-    path = cache.save(sample(), tmp_path / "x.pt")
+    path = store.save(sample(), tmp_path / "x.pt")
     blob = bytearray(path.read_bytes())
     for where in (10, len(blob) // 2, len(blob) - 100):
         flipped = blob.copy()
         flipped[where] ^= 0x01
         path.write_bytes(bytes(flipped))
         with pytest.raises(CorruptFileError, match=str(path)):
-            cache.load(path)
+            store.load(path)
 
 
 def test_foreign_files_are_refused(tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save({"w": torch.zeros(2)}, plain)  # a valid torch file, but not one of ours
     with pytest.raises(CorruptFileError, match=str(plain)):
-        cache.load(plain)
+        store.load(plain)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
-        cache.load(tmp_path / "missing.pt")
+        store.load(tmp_path / "missing.pt")
 
 
 class Payload:
@@ -99,16 +100,16 @@ class Payload:
 
 def test_load_runs_no_code_from_the_file(tmp_path):
     target = tmp_path / "created-by-unpickling"
-    path = cache.save({"x": Payload(str(target))}, tmp_path / "evil.pt")  # a valid checksum
+    path = store.save({"x": Payload(str(target))}, tmp_path / "evil.pt")  # a valid checksum
     with pytest.raises((CorruptFileError, pickle.UnpicklingError)):
-        cache.load(path)
+        store.load(path)
     assert not target.exists()
 
 
 def test_key_of_is_stable_and_order_free():
-    a = cache.key_of({"a": 1, "b": [1, 2], "c": {"x": 0.5}})
-    assert a == cache.key_of({"c": {"x": 0.5}, "b": [1, 2], "a": 1})
-    assert a != cache.key_of({"a": 2, "b": [1, 2], "c": {"x": 0.5}})
+    a = store.key_of({"a": 1, "b": [1, 2], "c": {"x": 0.5}})
+    assert a == store.key_of({"c": {"x": 0.5}, "b": [1, 2], "a": 1})
+    assert a != store.key_of({"a": 2, "b": [1, 2], "c": {"x": 0.5}})
     assert len(a) == 16
 
 
@@ -120,14 +121,14 @@ def test_memo_computes_once_then_loads(fresh_cache):
         return {"w": torch.randn(4)}
 
     config = {"name": "thing", "size": 4}
-    first = cache.memo("things", config, compute)
-    second = cache.memo("things", dict(reversed(list(config.items()))), compute)
+    first = store.memo("things", config, compute)
+    second = store.memo("things", dict(reversed(list(config.items()))), compute)
     assert len(calls) == 1
     assert torch.equal(first["w"], second["w"])
     files = list((fresh_cache / "things").glob("*.pt"))
-    assert len(files) == 1 and files[0].stem == cache.key_of(config)
+    assert len(files) == 1 and files[0].stem == store.key_of(config)
 
-    other = cache.memo("things", {"name": "thing", "size": 5}, compute)
+    other = store.memo("things", {"name": "thing", "size": 5}, compute)
     assert len(calls) == 2 and not torch.equal(other["w"], first["w"])
     assert len(list((fresh_cache / "things").glob("*.pt"))) == 2
     assert not list(fresh_cache.rglob("*.tmp"))
@@ -140,21 +141,21 @@ def test_memo_recomputes_a_corrupt_entry(fresh_cache):
         calls.append(1)
         return torch.full((3,), float(len(calls)))
 
-    cache.memo("things", {"k": 1}, compute)
+    store.memo("things", {"k": 1}, compute)
     path = next((fresh_cache / "things").glob("*.pt"))
     path.write_bytes(path.read_bytes()[:-5])
     with pytest.warns(UserWarning, match="recomputing cache entry"):
-        value = cache.memo("things", {"k": 1}, compute)
+        value = store.memo("things", {"k": 1}, compute)
     assert len(calls) == 2 and torch.equal(value, torch.full((3,), 2.0))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the repaired entry loads cleanly
-        assert torch.equal(cache.memo("things", {"k": 1}, compute), value)
+        assert torch.equal(store.memo("things", {"k": 1}, compute), value)
     assert len(calls) == 2
 
 
 def test_cache_dir_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("KDNB_CACHE", str(tmp_path / "c"))
-    assert cache.cache_dir() == tmp_path / "c"
+    assert store.cache_dir() == tmp_path / "c"
 
 
 @pytest.fixture
@@ -263,7 +264,7 @@ def test_distill_checks_a_live_teacher_on_its_first_batch(digits):
 
 
 def test_tensor_hash_names_contents_dtype_and_shape():
-    from kdnb.cache import tensor_hash
+    from kdnb.store import tensor_hash
     x = torch.arange(12, dtype=torch.float32)
     assert tensor_hash(x) == tensor_hash(x.clone()) == tensor_hash(x.view(3, 4).t().contiguous().t().reshape(-1))
     assert len({tensor_hash(x), tensor_hash(x.view(3, 4)), tensor_hash(x.double()), tensor_hash(x + 1e-6),

@@ -22,9 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from kdnb import cache, cli, data as kdata, losses, models, profiles, train
-from kdnb.cache import CorruptFileError, TeacherCache
-from kdnb.objectives import CrossEntropy, Distill
+from kdnb import store, cli, data as kdata, losses, models, profiles, train
+from kdnb.store import CorruptFileError
+from kdnb.teachers import TeacherCache
+from kdnb.methods import CrossEntropy, Distill
 from kdnb.train import Batch, NonFiniteLoss
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -220,7 +221,7 @@ BAD = [
     bad("fit model str", lambda e: quick_fit("mlp", e.toy), TypeError, r"^model ", r"got str", r"torch\.nn\.Module"),
     bad("fit data tuple", lambda e: quick_fit(student(e.toy), e.toy.split("train")), TypeError, r"^data ",
         r"got tuple", r"kdnb\.data\.Data"),
-    bad("fit objective int", lambda e: quick_fit(student(e.toy), e.toy, 42), TypeError, r"^objective ", r"got int",
+    bad("fit objective int", lambda e: quick_fit(student(e.toy), e.toy, 42), TypeError, r"^method ", r"got int",
         r"callable"),
     bad("fit empty data", fit_on(lambda d: dict(x_train=d.x_train[:0], y_train=d.y_train[:0])), ValueError,
         r"^data\.y_train ", r"empty training split", r"at least 1 sample"),
@@ -237,7 +238,7 @@ BAD = [
     bad("fit model input shape", lambda e: quick_fit(student(e.toy, in_shape=(1, 4, 4)), e.toy), ValueError,
         r"^model ", r"shape \(1, 8, 8\)", r"in_shape=\(1, 8, 8\)"),
 
-    # kdnb.objectives and teachers
+    # kdnb.methods and teachers
     bad("Distill T=0", lambda e: Distill(e.teacher, T=0), ValueError, r"^T ", r"got 0$", r"\(0, inf\)"),
     bad("Distill T nan", lambda e: Distill(e.teacher, T=float("nan")), ValueError, r"^T ", r"got nan", r"\(0, inf\)"),
     bad("Distill alpha>1", lambda e: Distill(e.teacher, alpha=1.2), ValueError, r"^alpha ", r"got 1\.2", r"\[0, 1\]"),
@@ -256,11 +257,11 @@ BAD = [
     bad("teacher cache augmented", lambda e: TeacherCache(torch.randn(8, 4))(Batch(S, Y, Y, augmented=True)),
         ValueError, r"augment=True", r"un-augmented", r"live teacher"),
 
-    # kdnb.cache, kdnb.profiles, the CLI
-    bad("cache.load missing", lambda e: cache.load(e.tmp / "none.pt"), FileNotFoundError, r"^path ",
-        r"none\.pt'", r"kdnb\.cache\.save"),
-    bad("cache.load folder", lambda e: cache.load(e.tmp), FileNotFoundError, r"^path ", r"test_bad_input",
-        r"kdnb\.cache\.save"),
+    # kdnb.store, kdnb.profiles, the CLI
+    bad("store.load missing", lambda e: store.load(e.tmp / "none.pt"), FileNotFoundError, r"^path ",
+        r"none\.pt'", r"kdnb\.store\.save"),
+    bad("store.load folder", lambda e: store.load(e.tmp), FileNotFoundError, r"^path ", r"test_bad_input",
+        r"kdnb\.store\.save"),
     bad("profile unknown", lambda e: profiles.get("fast"), ValueError, r"^profile ", r"got 'fast'", r"quick, full"),
     bad("profile from env", lambda e: (e.monkeypatch.setenv("KDNB_PROFILE", "slow"), profiles.get()), ValueError,
         r"KDNB_PROFILE", r"got 'slow'", r"quick, full"),
@@ -416,7 +417,7 @@ def truncate_half(blob): return blob[:len(blob) // 2]
 def empty(blob): return b""
 def flip_payload_bit(blob): return blob[:len(blob) // 3] + bytes([blob[len(blob) // 3] ^ 0x10]) + blob[len(blob) // 3 + 1:]
 def flip_digest(blob): return blob[:-1] + (b"0" if blob[-1:] != b"0" else b"1")
-def no_footer(blob): return blob[:-cache.FOOTER]
+def no_footer(blob): return blob[:-store.FOOTER]
 def garbage_appended(blob): return blob + b"\x00" * 7
 
 
@@ -431,41 +432,41 @@ def corrupt(path, how):
 def test_corrupt_checkpoint_is_refused_naming_its_path(tmp_path, toy, how):
     path = tmp_path / "run.ckpt"
     quick_fit(student(toy), toy, checkpoint=path)
-    cache.load(path)  # intact before
+    store.load(path)  # intact before
     corrupt(path, how)
     with pytest.raises(CorruptFileError, match=re.escape(str(path))):
         quick_fit(student(toy), toy, checkpoint=path, epochs=2)
     with pytest.raises(CorruptFileError, match=re.escape(str(path))):
-        cache.load(path)
+        store.load(path)
 
 
 @pytest.mark.parametrize("how", CORRUPTIONS)
 def test_corrupt_cache_entry_is_recomputed_with_a_warning_naming_its_path(how):
     calls = []
     compute = lambda: calls.append(1) or {"w": torch.arange(100.0)}
-    first = cache.memo("things", {"n": 100}, compute)
-    [path] = (cache.cache_dir() / "things").glob("*.pt")
+    first = store.memo("things", {"n": 100}, compute)
+    [path] = (store.cache_dir() / "things").glob("*.pt")
     corrupt(path, how)
     with pytest.warns(UserWarning, match=re.escape(str(path))):
-        again = cache.memo("things", {"n": 100}, compute)
+        again = store.memo("things", {"n": 100}, compute)
     assert len(calls) == 2 and torch.equal(again["w"], first["w"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert torch.equal(cache.memo("things", {"n": 100}, compute)["w"], first["w"])  # repaired: served
+        assert torch.equal(store.memo("things", {"n": 100}, compute)["w"], first["w"])  # repaired: served
     assert len(calls) == 2
 
 
 def test_interrupted_save_leaves_the_previous_file_whole(tmp_path, monkeypatch):
     path = tmp_path / "x.pt"
-    cache.save({"v": torch.zeros(3)}, path)
+    store.save({"v": torch.zeros(3)}, path)
 
     def killed(*args):
         raise KeyboardInterrupt  # as if the process died between writing and renaming
 
-    monkeypatch.setattr(cache.os, "replace", killed)
+    monkeypatch.setattr(store.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
-        cache.save({"v": torch.ones(3)}, path)
-    assert torch.equal(cache.load(path)["v"], torch.zeros(3))
+        store.save({"v": torch.ones(3)}, path)
+    assert torch.equal(store.load(path)["v"], torch.zeros(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt"]  # no temp file left behind
 
 
@@ -508,28 +509,32 @@ def test_cache_entry_is_served_only_for_its_own_config(counted_fit, toy, monkeyp
         assert len(counted_fit) == i, f"case {i - 1}: a cache entry made for another config was served"
 
     with monkeypatch.context() as m:  # the models' code changed: the old entry is stale
-        m.setattr(cache, "source_hash", lambda *objects: "edited-code")
+        m.setattr(store, "source_hash", lambda *objects: "edited-code")
         trained(toy)
     assert len(counted_fit) == 13
     trained(toy)
     assert len(counted_fit) == 13  # and the original is still served for the original code
 
 
-def test_cache_keys_hash_the_training_code_not_only_the_models(counted_fit, toy, monkeypatch):
-    from kdnb import losses, objectives, sweep, train as train_module
-    hashed = []
-    real = cache.source_hash
-    monkeypatch.setattr(cache, "source_hash", lambda *objects: hashed.append(objects) or real(*objects))
-    trained(toy)
-    assert {models, losses, objectives, train_module} <= set(hashed[-1])
-    sweep.trained_grid(MLP, toy, torch.randn(len(toy.y_train), toy.classes), sweep.grid([0.5], [4]),
-                       epochs=1, batch_size=32, device="cpu", progress=False)
-    assert {models, losses, objectives, train_module, sweep} <= set(hashed[-1])
+def test_cache_keys_hash_the_training_code_not_only_the_models(counted_fit, toy):
+    from kdnb import sweep
+    teacher_side = {"kdnb.models", "kdnb.losses", "kdnb.teachers", "kdnb.checks", "kdnb.device", "kdnb.train",
+                    "kdnb.methods.base"}
+    assert teacher_side | {"kdnb.methods.hinton"} <= set(train.training_code(CrossEntropy()))
+    # Per method: a CE teacher's key holds no other method's file, so adding one retrains nothing.
+    assert not {"kdnb.methods.features", "kdnb.methods.adversarial"} & set(train.training_code(CrossEntropy()))
+    keys = []
+    real = store.memo
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(store, "memo", lambda kind, config, compute: keys.append(config) or real(kind, config, compute))
+        sweep.trained_grid(MLP, toy, torch.randn(len(toy.y_train), toy.classes), sweep.grid([0.5], [4]),
+                           epochs=1, batch_size=32, device="cpu", progress=False)
+    assert teacher_side | {"kdnb.sweep", "kdnb.methods.hinton"} <= set(keys[-1]["code"])
 
 
 def test_corrupt_trained_model_entry_is_retrained(counted_fit, toy):
     trained(toy)
-    [path] = (cache.cache_dir() / "models").glob("*.pt")
+    [path] = (store.cache_dir() / "models").glob("*.pt")
     corrupt(path, flip_payload_bit)
     with pytest.warns(UserWarning, match=re.escape(str(path))):
         trained(toy)
@@ -552,7 +557,7 @@ def poisoned(path, marker):
     buf = io.BytesIO()
     torch.save({"model": {"w": torch.zeros(2)}, "value": Payload(marker)}, buf)
     payload = buf.getvalue()
-    path.write_bytes(payload + cache.MAGIC + hashlib.sha256(payload).hexdigest().encode())
+    path.write_bytes(payload + store.MAGIC + hashlib.sha256(payload).hexdigest().encode())
 
 
 def test_the_payload_would_run_under_a_plain_unpickle(tmp_path):
@@ -565,7 +570,7 @@ def test_pickle_with_code_payload_is_refused_not_run(tmp_path, toy):
     marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
     poisoned(path, marker)
     with pytest.raises(CorruptFileError, match=re.escape(str(path))):
-        cache.load(path)
+        store.load(path)
     with pytest.raises(CorruptFileError, match=re.escape(str(path))):
         quick_fit(student(toy), toy, checkpoint=path)
     assert not marker.exists()
@@ -573,13 +578,13 @@ def test_pickle_with_code_payload_is_refused_not_run(tmp_path, toy):
 
 def test_poisoned_cache_entry_is_recomputed_not_run(tmp_path):
     marker = tmp_path / "pwned"
-    path = cache.cache_dir() / "things" / f"{cache.key_of({'n': 1})}.pt"
+    path = store.cache_dir() / "things" / f"{store.key_of({'n': 1})}.pt"
     path.parent.mkdir(parents=True)
     poisoned(path, marker)
     with pytest.warns(UserWarning, match=re.escape(str(path))):
-        assert cache.memo("things", {"n": 1}, lambda: 41 + 1) == 42
+        assert store.memo("things", {"n": 1}, lambda: 41 + 1) == 42
     assert not marker.exists()
-    assert cache.load(path)["value"] == 42
+    assert store.load(path)["value"] == 42
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,14 +597,14 @@ class NaNAt(CrossEntropy):
         super().__init__()
         self.at, self.calls, self.finite = at, 0, []
 
-    def forward(self, out, batch):
-        loss = super().forward(out, batch)
+    def losses(self, logits, batch):
+        loss = super().losses(logits, batch)["ce"]
         self.calls += 1
         if self.calls - 1 == self.at:
-            return loss * float("nan")
+            return {"ce": loss * float("nan")}
         if self.calls - 1 < self.at:
             self.finite.append(loss.item())
-        return loss
+        return {"ce": loss}
 
 
 @pytest.mark.parametrize("at", [6, 2])
@@ -615,7 +620,7 @@ def test_non_finite_loss_stops_fit_naming_step_epoch_last_loss_and_lr(tmp_path, 
     assert "lr 0.002" in message
     # Training stopped in that epoch: the last checkpoint is the epoch before, not garbage.
     if epoch:
-        assert cache.load(path)["epoch"] == epoch - 1
+        assert store.load(path)["epoch"] == epoch - 1
     else:
         assert not path.exists()
 
@@ -636,7 +641,7 @@ SHARED = r"""
 import os, sys, time
 from pathlib import Path
 import torch
-from kdnb import cache
+from kdnb import store
 log, rendezvous, me, out = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
 
 def wait_for(n, what):
@@ -655,8 +660,8 @@ def compute():
 (rendezvous / f"ready-{me}").touch()
 wait_for(2, "ready-*")
 (rendezvous / f"calling-{me}").touch()
-value = cache.memo("teachers", {"teacher": "shared"}, compute)
-cache.save(value, out)
+value = store.memo("teachers", {"teacher": "shared"}, compute)
+store.save(value, out)
 """
 
 
@@ -671,8 +676,8 @@ def test_two_processes_compute_a_shared_cache_entry_once(tmp_path):
         out, _ = p.communicate(timeout=300)
         assert p.returncode == 0, out.decode()
     assert len(log.read_text().splitlines()) == 1, "the entry was computed more than once"
-    got = [cache.load(tmp_path / f"got-{i}.pt") for i in range(2)]
+    got = [store.load(tmp_path / f"got-{i}.pt") for i in range(2)]
     assert got[0]["by"] == got[1]["by"] and torch.equal(got[0]["noise"], got[1]["noise"])
     [entry] = (tmp_path / "cache" / "teachers").glob("*.pt")
-    stored = cache.load(entry)
+    stored = store.load(entry)
     assert torch.equal(stored["value"]["noise"], got[0]["noise"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdnb import cache, models, train
+from kdnb import store, models, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from resume_worker import EPOCHS, SPEC, STALL_STEP, toy_data  # noqa: E402
@@ -77,12 +77,12 @@ def test_sigkilled_twice_mid_epoch_then_resumed_equals_uninterrupted_run(tmp_pat
 
     first = start(tmp_path, ckpt, tmp_path / "never.pt", log, stall_epoch=2)
     kill_when_stalled(first, log, 2)
-    state = cache.load(ckpt)
+    state = store.load(ckpt)
     assert state["epoch"] == 1, "the kill should land inside epoch 2, after epoch 1's checkpoint"
 
     second = start(tmp_path, ckpt, tmp_path / "never.pt", log, stall_epoch=4)
     kill_when_stalled(second, log, 4)
-    assert cache.load(ckpt)["epoch"] == 3
+    assert store.load(ckpt)["epoch"] == 3
 
     third = start(tmp_path, ckpt, tmp_path / "resumed.pt", log)
     finish(third)
@@ -94,13 +94,13 @@ def test_sigkilled_twice_mid_epoch_then_resumed_equals_uninterrupted_run(tmp_pat
     assert epochs_started(log, third.pid) == [4, 5]
     assert not (tmp_path / "never.pt").exists()
 
-    resumed, uninterrupted = cache.load(tmp_path / "resumed.pt"), cache.load(tmp_path / "reference.pt")
+    resumed, uninterrupted = store.load(tmp_path / "resumed.pt"), store.load(tmp_path / "reference.pt")
     assert_identical(resumed["state"], uninterrupted["state"], "selected weights")
     drop_time = lambda h: {k: v for k, v in h.items() if k != "time"}
     assert drop_time(resumed["history"]) == drop_time(uninterrupted["history"])
     assert resumed["history"]["epoch"] == list(range(EPOCHS))
     # The last epoch's weights and optimizer moments too, not only the selected (best) epoch's.
-    last, last_reference = cache.load(ckpt), cache.load(tmp_path / "reference.ckpt")
+    last, last_reference = store.load(ckpt), store.load(tmp_path / "reference.ckpt")
     for part in ("model", "optimizer", "scheduler", "rng", "generator", "best_state"):
         assert_identical(last[part], last_reference[part], part)
     assert STALL_STEP > 0  # the killed epochs had taken optimizer steps the checkpoint lacks

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from kdnb import data as kdata, models, sweep
-from kdnb.cache import TeacherCache
-from kdnb.objectives import Distill
+from kdnb.teachers import TeacherCache
+from kdnb.methods import Distill
 from kdnb.train import NonFiniteLoss, evaluate, fit
 
 FAST = dict(epochs=3, batch_size=32, lr=3e-3, device="cpu", progress=False)

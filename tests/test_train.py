@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdnb import models, train
-from kdnb.cache import TeacherCache
+from kdnb.teachers import TeacherCache
 from kdnb.data import Data
-from kdnb.objectives import Distill
+from kdnb.methods import CrossEntropy, Distill
 from kdnb.train import evaluate, fit, predict
 
 FAST = dict(epochs=3, batch_size=64, lr=3e-3, device="cpu", progress=False)
@@ -95,23 +95,23 @@ def test_predict_and_evaluate(data):
 class TeacherSpy(Distill):
     """Distill that records what the teacher looks like from inside the training step."""
 
-    def forward(self, out, batch):
+    def losses(self, logits, batch):
         t1, t2 = self.teacher(batch), self.teacher(batch)
-        self.seen.append({"eval": not self.teacher.model.training, "same": torch.equal(t1, t2),
-                          "no_graph": not t1.requires_grad and t1.grad_fn is None})
-        return super().forward(out, batch)
+        self._seen.append({"eval": not self.teacher.model.training, "same": torch.equal(t1, t2),
+                           "no_graph": not t1.requires_grad and t1.grad_fn is None})
+        return super().losses(logits, batch)
 
 
 def test_teacher_is_frozen(data):
     teacher = student(data, seed=5, dropout=0.5).train()  # dropout: any train-mode call would show
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     objective = TeacherSpy(teacher, T=4.0, alpha=0.5)
-    objective.seen = []
+    objective._seen = []
     objective.train()  # putting the objective in train mode must not unfreeze the teacher
     model = student(data)
     fit(model, data, objective, **FAST)
-    assert len(objective.seen) == 3 * steps(data)
-    assert all(s["eval"] and s["same"] and s["no_graph"] for s in objective.seen), objective.seen[:3]
+    assert len(objective._seen) == 3 * steps(data)
+    assert all(s["eval"] and s["same"] and s["no_graph"] for s in objective._seen), objective._seen[:3]
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert not teacher.training
@@ -207,27 +207,28 @@ def test_killed_run_resumes_to_the_same_result(data, tmp_path):
     class Killed(Exception):
         pass
 
-    class DiesAtEpoch2(nn.Module):
+    class DiesAtEpoch2(CrossEntropy):  # the same method as the resumed run's: only its runtime state differs
         def start_epoch(self, epoch, epochs):
-            if epoch == 2:
+            if epoch == 2 and getattr(self, "_dies", False):
                 raise Killed
-
-        def forward(self, out, batch):
-            return F.cross_entropy(out, batch.y)
 
     kw = {**FAST, "epochs": 4}
     whole_model = student(data, dropout=0.2)
     whole = fit(whole_model, data, **kw)
     path = tmp_path / "run.ckpt"
     with pytest.raises(Killed):
-        fit(student(data, dropout=0.2), data, DiesAtEpoch2(), checkpoint=path, **kw)
+        dies = DiesAtEpoch2()
+        dies._dies = True
+        fit(student(data, dropout=0.2), data, dies, checkpoint=path, **kw)
     assert path.exists()
     resumed_model = student(data, dropout=0.2)
-    resumed = fit(resumed_model, data, checkpoint=path, **kw)
+    resumed = fit(resumed_model, data, DiesAtEpoch2(), checkpoint=path, **kw)
     assert without_time(resumed) == without_time(whole)
     assert all(torch.equal(v, whole_model.state_dict()[k]) for k, v in resumed_model.state_dict().items())
     with pytest.raises(ValueError, match=r"checkpoint .*run.ckpt.*lr"):
-        fit(student(data, dropout=0.2), data, checkpoint=path, **{**kw, "lr": 1e-4})
+        fit(student(data, dropout=0.2), data, DiesAtEpoch2(), checkpoint=path, **{**kw, "lr": 1e-4})
+    with pytest.raises(ValueError, match=r"checkpoint .*run.ckpt.*method"):  # another method: refused too
+        fit(student(data, dropout=0.2), data, CrossEntropy(label_smoothing=0.1), checkpoint=path, **kw)
 
 
 def test_non_finite_loss_stops_with_a_clear_error(data):
@@ -279,7 +280,7 @@ def test_bad_argument_types(data):
         fit(lambda x: x, data, **FAST)
     with pytest.raises(TypeError, match="data must be a kdnb.data.Data"):
         fit(student(data), (data.x_train, data.y_train), **FAST)
-    with pytest.raises(TypeError, match="objective must be callable"):
+    with pytest.raises(TypeError, match="method must be a kdnb.methods.Method or callable"):
         fit(student(data), data, "kd", **FAST)
 
 
@@ -318,9 +319,9 @@ def test_distill_objective(data):
     # T and alpha may follow a schedule over training progress in [0, 1].
     scheduled = Distill(teacher, T=lambda p: 1 + 3 * p, alpha=0.5)
     scheduled.start_epoch(0, 5)
-    assert scheduled.T == 1.0
+    assert scheduled._T == 1.0
     scheduled.start_epoch(4, 5)
-    assert scheduled.T == 4.0
+    assert scheduled._T == 4.0
     with pytest.raises(ValueError, match=r"T must be in \(0, inf\)"):
         Distill(teacher, T=0.0)
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):

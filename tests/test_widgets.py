@@ -1,9 +1,15 @@
-"""The T/α explorer driven without a browser: set .value as a slider would, check the numbers."""
+"""The T/α explorer driven without a browser: set .value as a slider would, check the numbers;
+the pictures: sharp, nothing cut off or covered, and the kernel-free HTML needs no network."""
+import base64
+import re
+import struct
+
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
 from kdnb import losses, models, profiles
-from kdnb.widgets import TemperatureExplorer, explain, temperature_frames
+from kdnb.widgets import DPI, TemperatureExplorer, explain, grid_frames, offline, temperature_frames
 
 ZT = torch.tensor([6.0, 2.0, 1.0, -1.0, 0.5])
 ZS = torch.tensor([3.0, 2.5, 0.0, -0.5, 0.2])
@@ -110,3 +116,81 @@ def test_the_picture_changes_with_the_slider(explorer):
     assert before[:8] == b"\x89PNG\r\n\x1a\n"
     explorer.T.value = 12.0
     assert explorer.image.value != before
+
+
+PEAKED = torch.tensor([1.0, 2.0, 0.5, -1.0, 9.5])  # at low T the right-most class takes all: a bar of height 1
+
+
+def png_size(data):
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def frames_of(html):
+    return [base64.b64decode(f.replace("\\\n", "")) for f in re.findall(r'"data:image/png;base64,([^"]+)"', html)]
+
+
+def test_pictures_are_drawn_at_twice_the_size_they_are_shown(explorer):
+    assert explorer.image.width == str(7 * DPI)
+    assert png_size(explorer.image.value)[0] == 2 * 7 * DPI
+    html = temperature_frames(ZT, ZS, 0, Ts=[1, 4])
+    shown = int(re.search(r'<img id="_anim_img\w+" style="width: (\d+)px">', html).group(1))
+    assert shown == 7 * DPI and all(png_size(f)[0] == 2 * shown for f in frames_of(html))
+
+
+def inside(box, outer):
+    return box.x0 >= outer.x0 and box.y0 >= outer.y0 and box.x1 <= outer.x1 and box.y1 <= outer.y1
+
+
+def check_layout(fig, ax):
+    """Axis labels and legend inside the figure; the legend covers no bar."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    texts = [t for t in (ax.xaxis.label, ax.yaxis.label, ax.title) if t.get_text()]
+    for artist in texts + [ax.get_legend()]:
+        assert inside(artist.get_window_extent(r), fig.bbox), f"{artist} is cut off"
+    legend = ax.get_legend().get_window_extent(r)
+    assert not [p for p in ax.patches if p.get_height() > 0 and p.get_window_extent(r).overlaps(legend)]
+
+
+def test_the_explorers_figure_keeps_labels_and_legend_clear_of_the_bars():
+    ex = TemperatureExplorer(PEAKED, ZS, label=4, T=0.5)
+    assert max(p.get_height() for p in ex.ax.patches) == pytest.approx(1.0)
+    check_layout(ex.fig, ex.ax)
+
+
+def test_kernel_free_frames_keep_their_labels_inside(monkeypatch):
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    temperature_frames(PEAKED, ZS, 4, Ts=[0.5])
+    alphas, Ts = [0.5, 1.0], [1, 4]
+    cells = {(a, T): [fake_history(a * T / 4)] for a in alphas for T in Ts}
+    grid_frames(cells, alphas, Ts, baseline=[fake_history(0.5)])
+    monkeypatch.undo()
+    try:
+        assert len(figures) == 2
+        for fig in figures:
+            check_layout(fig, fig.axes[0])
+    finally:
+        for fig in figures:
+            plt.close(fig)
+
+
+def test_kernel_free_html_needs_no_network():
+    alphas, Ts = [1.0], [1, 4]
+    cells = {(a, T): [fake_history(T / 4)] for a in alphas for T in Ts}
+    for html in (temperature_frames(ZT, ZS, 0, Ts=[1, 4]), grid_frames(cells, alphas, Ts)):
+        assert not re.search(r"https?://", html), re.findall(r"https?://\S+", html)
+        assert 'class="fa' not in html and html.count("<svg") == 9  # every button has its icon
+
+
+def test_offline_replaces_the_font_awesome_of_matplotlibs_animation_html():
+    from matplotlib import animation
+    fig, ax = plt.subplots()
+    anim = animation.FuncAnimation(fig, lambda i: ax.plot([0, i]), frames=2)
+    raw = anim.to_jshtml()
+    plt.close(fig)
+    assert re.search(r"https?://\S*font-awesome", raw) and 'class="fa fa-' in raw  # what it fixes
+    html = offline(raw)
+    assert not re.search(r"https?://", html) and 'class="fa' not in html
+    assert offline(html) == html

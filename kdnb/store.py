@@ -1,5 +1,5 @@
-"""What is computed once and looked up after: teacher outputs by sample index, trained models
-and their histories on disk keyed by their config.
+"""A content-addressed store on disk: values saved under the hash of the config that made them,
+computed once and loaded after. It knows nothing of distillation.
 
 Files are written atomically (temp file, fsync, rename) with a SHA-256 footer, and read with
 ``torch.load(weights_only=True)``: a truncated or bit-flipped file is detected and named, and a
@@ -17,8 +17,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
-from . import losses
 
 MAGIC = b"\nKDNB-SHA256:"
 FOOTER = len(MAGIC) + 64
@@ -66,7 +64,7 @@ def load(path, map_location="cpu"):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path {str(path)!r} does not exist or is not a file; pass a file written by "
-                                f"kdnb.cache.save")
+                                f"kdnb.store.save")
     blob = path.read_bytes()
     payload, magic, digest = blob[:-FOOTER], blob[-FOOTER:-64], blob[-64:]
     if magic != MAGIC or hashlib.sha256(payload).hexdigest().encode() != digest:
@@ -135,45 +133,27 @@ def memo(kind, config, compute):
         return value
 
 
-class TeacherCache:
-    """A frozen teacher's logits on every training sample, computed once, looked up by index.
+def entries(root=None):
+    """``(path, bytes, config)`` of every stored value; the config is None for an unreadable entry."""
+    root = Path(root) if root else cache_dir()
+    out = []
+    for path in sorted(root.rglob("*.pt")) if root.exists() else []:
+        try:
+            config = load(path).get("config")
+        except (CorruptFileError, FileNotFoundError, RuntimeError, AttributeError):
+            config = None
+        out.append((path, path.stat().st_size, config))
+    return out
 
-    ``cache(batch)`` returns the rows for ``batch.idx``, so a shuffled batch gets the outputs
-    of its own samples. Augmented batches are refused: the stored logits are of clean inputs.
-    """
 
-    def __init__(self, logits):
-        self.logits = logits
-        self._targets, self._targets_key = None, None
-
-    @classmethod
-    def compute(cls, teacher, x, batch_size=1024, device=None):
-        from .train import predict
-        return cls(predict(teacher, x, batch_size=batch_size, device=device))
-
-    def to(self, device):
-        self.logits = self.logits.to(device)
-        return self
-
-    def __len__(self):
-        return len(self.logits)
-
-    def __call__(self, batch):
-        """The teacher's logits on the batch's samples."""
-        self.check(batch)
-        return self.logits.index_select(0, batch.idx)  # half the cost of logits[idx]
-
-    def targets(self, batch, T, alpha=1.0):
-        """``losses.hinton_targets`` on the batch's samples: computed for every sample once per
-        (T, α), so a step only gathers its columns."""
-        self.check(batch)
-        if self._targets_key != (T, alpha) or self._targets.device != self.logits.device:
-            self._targets, self._targets_key = losses.hinton_targets(self.logits, T, alpha), (T, alpha)
-        return self._targets.index_select(-1, batch.idx)
-
-    def check(self, batch):
-        if batch.augmented:
-            raise ValueError("TeacherCache holds logits of un-augmented inputs; with augment=True "
-                             "use a live teacher (kdnb.objectives.FrozenTeacher)")
-        if self.logits.device != batch.idx.device:
-            self.to(batch.idx.device)
+def remove(paths):
+    """Delete stored entries (and their lock files); returns the bytes freed."""
+    freed = 0
+    for path in paths:
+        path = Path(path)
+        with contextlib.suppress(FileNotFoundError):
+            freed += path.stat().st_size
+            path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            Path(str(path) + ".lock").unlink()
+    return freed

@@ -1,0 +1,229 @@
+"""The one protocol every method follows, and the cache description that covers it.
+
+A method is an ``nn.Module`` that tells the loop (``kdnb.train.fit``) what to minimise:
+
+* ``losses(logits, batch) -> {name: term}``: named, weighted loss terms; the student descends
+  their sum and the history logs each per epoch. Or, when the method reads more than the logits,
+  ``forward_train(student, batch) -> (logits, terms)`` (mdistiller's ``forward_train``).
+* ``trainable(student)``: which student parameters train (all, by default; FitNets stage 1: the
+  layers up to the guided one).
+* ``setup(student, data)``: once, before the optimisers exist: check the data, build parts
+  whose shapes depend on the student (a regressor, a projector).
+* extra **players** (:class:`Player` submodules, e.g. a discriminator): each has its own optimiser
+  and is updated after every student step by ``player_losses(name, batch, logits)``, on the
+  student's *detached* logits. The student's optimiser never holds a player's parameters and a
+  player's gradient is cleared before its own loss: neither descends the other's loss.
+* ``start_epoch(epoch, epochs)``: schedules of T, α or anything else.
+
+The method's other trainable parameters (projectors, regressors) train with the student.
+
+:func:`describe` turns a method into the JSON its cache key hashes. It covers every public
+attribute, nested modules, their weights, tensors and functions (source and the values they
+capture); what it can't describe raises :class:`Uncacheable` naming the field: never a silent hit.
+Attributes starting with ``_`` are a method's runtime state (derived from the public ones).
+"""
+import functools
+import importlib.metadata
+import inspect
+import sys
+import types
+
+import torch
+from torch import nn
+
+from .. import store
+from ..teachers import logits_of
+
+
+class Uncacheable(TypeError):
+    """A method field that kdnb can't describe, so a result trained with it is not cached."""
+
+
+class Method(nn.Module):
+    """Base of every method; see the module's docstring for the protocol."""
+
+    def losses(self, logits, batch):
+        raise NotImplementedError(f"{type(self).__name__} must define losses(logits, batch) or forward_train")
+
+    def forward_train(self, student, batch):
+        logits = logits_of(student(batch.x))
+        return logits, self.losses(logits, batch)
+
+    def forward(self, out, batch):
+        """The summed loss on a model's output: for calling a method by hand."""
+        return sum(self.losses(logits_of(out), batch).values())
+
+    def trainable(self, student):
+        return [p for p in student.parameters() if p.requires_grad]
+
+    def setup(self, student, data):
+        pass
+
+    def start_epoch(self, epoch, epochs):
+        pass
+
+    def players(self):
+        return {name: m for name, m in self.named_modules() if isinstance(m, Player)}
+
+    def player_losses(self, name, batch, logits):
+        raise NotImplementedError(f"{type(self).__name__} has player {name!r} but no player_losses")
+
+
+class Player(nn.Module):
+    """An extra model a method trains with its own optimiser (Adam, ``lr``, ``betas``), ``steps``
+    updates per student step; ``clip`` clamps its weights after each (WGAN's Lipschitz bound)."""
+
+    def __init__(self, net, lr=1e-3, betas=(0.5, 0.999), steps=1, clip=None):
+        super().__init__()
+        self.net, self.lr, self.betas, self.steps, self.clip = net, lr, tuple(betas), steps, clip
+
+    def forward(self, x):
+        return self.net(x)
+
+    def make_optimizer(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr, betas=self.betas)
+
+    @torch.no_grad()
+    def after_step(self):
+        if self.clip is not None:
+            for p in self.parameters():
+                p.clamp_(-self.clip, self.clip)
+
+
+class Loss(Method):
+    """A plain ``fn(out, batch) -> loss`` as a method with one term, ``"loss"``."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward_train(self, student, batch):
+        out = student(batch.x)
+        return logits_of(out), {"loss": self.fn(out, batch)}
+
+    def start_epoch(self, epoch, epochs):
+        if hasattr(self.fn, "start_epoch"):
+            self.fn.start_epoch(epoch, epochs)
+
+
+def as_method(method):
+    """A method as is; a plain ``fn(out, batch) -> loss`` (a function, or a module whose trainable
+    parameters then train with the student) as a :class:`Loss`."""
+    if isinstance(method, Method):
+        return method
+    if callable(method):
+        return Loss(method)
+    raise TypeError(f"method must be a kdnb.methods.Method or callable as fn(out, batch) -> loss, "
+                    f"got {type(method).__name__}")
+
+
+# nn.Module's own bookkeeping; the weights and children are described on their own.
+MODULE_INTERNALS = {"training", "_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"}
+LIBRARY_TYPES = (torch.device, torch.dtype, torch.Size)
+
+
+def describe(obj, where="method", _seen=None):
+    """A JSON-able description of ``obj`` for cache keys; raises :class:`Uncacheable` naming the
+    first field it can't describe."""
+    seen = set() if _seen is None else _seen
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, LIBRARY_TYPES):
+        return str(obj)
+    if id(obj) in seen:
+        return {"cycle": type(obj).__qualname__}
+    seen = seen | {id(obj)}
+    rec = lambda v, w: describe(v, w, seen)
+    if isinstance(obj, (list, tuple)):
+        return [rec(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, (set, frozenset)):
+        return sorted((rec(v, f"{where}{{}}") for v in obj), key=repr)
+    if isinstance(obj, dict):
+        return {repr(k): rec(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, torch.Tensor):
+        return {"tensor": store.tensor_hash(obj)}
+    if hasattr(obj, "cache_description"):
+        return {"type": type_key(obj, where), **obj.cache_description(lambda v, w: rec(v, f"{where}.{w}"))}
+    if isinstance(obj, nn.Module):
+        fields = {k: rec(v, f"{where}.{k}") for k, v in vars(obj).items()
+                  if k not in MODULE_INTERNALS and not k.startswith("_")}
+        own = [*obj.named_parameters(recurse=False), *obj.named_buffers(recurse=False)]  # children: below
+        weights = store.tensor_hash(*(t for _, t in own), text=" ".join(n for n, _ in own))
+        children = {k: rec(m, f"{where}.{k}") for k, m in obj.named_children()}
+        return {"type": type_key(obj, where), "fields": fields, "weights": weights, "children": children}
+    if isinstance(obj, functools.partial):
+        return {"partial": rec(obj.func, f"{where}.func"), "args": rec(obj.args, f"{where}.args"),
+                "keywords": rec(obj.keywords, f"{where}.keywords")}
+    if inspect.ismethod(obj):
+        return {"bound": rec(obj.__func__, f"{where}.__func__"), "self": rec(obj.__self__, f"{where}.__self__")}
+    if inspect.isfunction(obj):
+        return describe_function(obj, where, seen)
+    if isinstance(obj, type):
+        return {"class": type_key(obj, where, is_type=True)}
+    if isinstance(obj, (types.BuiltinFunctionType, types.ModuleType)):
+        return {"builtin": f"{getattr(obj, '__module__', '')}.{obj.__name__}"}
+    if type(obj).__module__.startswith("kdnb") and hasattr(obj, "__dict__"):  # kdnb's plain records
+        return {"type": type_key(obj, where), "fields": {k: rec(v, f"{where}.{k}") for k, v in vars(obj).items()}}
+    raise Uncacheable(f"{where} is a {type(obj).__qualname__}, which kdnb can't describe for a cache key; "
+                      f"make it a number, string, tensor, module or function, or train with kdnb.train.fit "
+                      f"(uncached)")
+
+
+def type_key(obj, where, is_type=False):
+    """A class named by its module and name, and by its source where that can change under us
+    (kdnb's own classes and a notebook's): two classes of one name can't share a key."""
+    cls = obj if is_type else type(obj)
+    module = cls.__module__
+    top = module.split(".")[0]
+    if top in ("kdnb", "__main__") or top not in sys.modules or not hasattr(sys.modules[top], "__file__"):
+        try:
+            return f"{module}.{cls.__qualname__}:{store.key_of(inspect.getsource(cls))}"
+        except (OSError, TypeError):
+            raise Uncacheable(f"{where} is an instance of {cls.__qualname__}, whose source kdnb can't read "
+                              f"(defined in a notebook?); define it in a .py file, or train with "
+                              f"kdnb.train.fit (uncached)") from None
+    try:
+        version = importlib.metadata.version(top)
+    except importlib.metadata.PackageNotFoundError:
+        version = "?"
+    return f"{module}.{cls.__qualname__}@{top}-{version}"
+
+
+def code_names(code):
+    """Global names a code object (and the functions nested in it) may read."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= code_names(const)
+    return names
+
+
+def describe_function(fn, where, seen):
+    """A function by its source, the values its closure captures and the globals it reads: two
+    ``lambda batch: m(batch.x)`` over different models ``m`` get different descriptions."""
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        raise Uncacheable(f"{where} is the function {fn.__qualname__}, whose source kdnb can't read; "
+                          f"define it in a file or a notebook cell, or train with kdnb.train.fit (uncached)") from None
+    closure = {}
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell: the name was not bound yet
+            value = None
+        closure[name] = describe(value, f"{where} (captured {name!r})", seen)
+    glob = {name: describe(fn.__globals__[name], f"{where} (global {name!r})", seen)
+            for name in sorted(code_names(fn.__code__)) if name in fn.__globals__
+            and not isinstance(fn.__globals__[name], types.ModuleType)}
+    defaults = describe(fn.__defaults__, f"{where}.__defaults__", seen)
+    return {"function": fn.__qualname__, "source": store.key_of(source), "closure": closure,
+            "globals": glob, "defaults": defaults}
+
+
+def code_of(method):
+    """``{module: hash of its source}`` for the kdnb modules that hold ``method``'s code (its classes
+    and those of its nested methods and players): editing a method retrains what it trained, and a
+    new method file retrains nothing else."""
+    names = {cls.__module__ for m in method.modules() for cls in type(m).__mro__ if cls.__module__.startswith("kdnb.")}
+    return {name: store.source_hash(sys.modules[name]) for name in sorted(names)}
