@@ -2,9 +2,15 @@
 
 :class:`TemperatureExplorer` is the live version (ipywidgets: needs a kernel, as in JupyterLab);
 :func:`temperature_frames` renders the same view for a grid of T as an HTML animation whose
-slider works in a browser without any kernel (the static site). Callbacks only recompute
-softmaxes of a handful of logits: no retraining.
+slider works in a browser without any kernel (the static site), and without any network: its
+buttons are inline SVG, not Font Awesome from a CDN. Callbacks only recompute softmaxes of a
+handful of logits: no retraining.
+
+Pictures are drawn at twice :data:`DPI` and shown at their size at :data:`DPI`, so they stay
+sharp on high-density screens.
 """
+import re
+
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
@@ -13,6 +19,42 @@ from matplotlib.figure import Figure
 from . import losses
 
 T_RANGE = (0.5, 20.0)
+DPI = 80  # CSS pixels per inch of figure
+
+
+def _svg(path):
+    return (f'<svg viewBox="0 0 16 16" width="1em" height="1em" fill="currentColor" aria-hidden="true">'
+            f'<path d="{path}"/></svg>')
+
+
+# to_jshtml's button icons (Font Awesome 4 names) as 16×16 paths
+ICONS = {
+    "fa-minus": "M3 7h10v2H3z",
+    "fa-plus": "M7 3h2v4h4v2H9v4H7V9H3V7h4z",
+    "fa-fast-backward": "M2 3h2v10H2zM9 3v10L4 8zM15 3v10l-5-5z",
+    "fa-step-backward": "M3 3h2v10H3zM13 3v10L6 8z",
+    "fa-play fa-flip-horizontal": "M12 3v10L3 8z",
+    "fa-pause": "M4 3h3v10H4zM9 3h3v10H9z",
+    "fa-play": "M4 3v10l9-5z",
+    "fa-step-forward": "M11 3h2v10h-2zM3 3v10l7-5z",
+    "fa-fast-forward": "M12 3h2v10h-2zM7 3v10l5-5zM1 3v10l5-5z",
+}
+FONT_AWESOME_LINK = re.compile(r'<link rel="stylesheet"\s+href="https?://[^"]*font-awesome[^"]*">\n?')
+FONT_AWESOME_ICON = re.compile(r'<i class="fa ({})"></i>'.format("|".join(map(re.escape, ICONS))))
+
+
+def offline(html):
+    """``html`` with matplotlib's ``to_jshtml`` animations made network-free: the Font Awesome
+    stylesheet link dropped, the button icons drawn as inline SVG."""
+    html = FONT_AWESOME_LINK.sub("", html)
+    return FONT_AWESOME_ICON.sub(lambda m: _svg(ICONS[m.group(1)]), html)
+
+
+def jshtml(anim, fig):
+    """``anim.to_jshtml`` for a figure made at ``2 * DPI``: network-free, frames shown at ``DPI``."""
+    html = offline(anim.to_jshtml(fps=2, default_mode="once"))
+    width = round(fig.get_figwidth() * DPI)
+    return re.sub(r'<img id="(_anim_img\w+)">', rf'<img id="\1" style="width: {width}px">', html)
 
 
 def explain(teacher_logits, student_logits, label, T, alpha):
@@ -32,11 +74,12 @@ def draw(ax, numbers, class_names, label):
     ax.bar(k - 0.2, numbers["teacher"], width=0.4, label="teacher")
     ax.bar(k + 0.2, numbers["student"], width=0.4, label="student")
     ax.set_xticks(k, [f"{c}*" if i == label else str(c) for i, c in enumerate(class_names)])
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.02)
     ax.set_ylabel("softmax(z / T)")
     ax.set_title(f"T = {numbers['T']:.2f}, α = {numbers['alpha']:.2f}:  T²·KL = {numbers['kd']:.3f},  "
                  f"CE = {numbers['ce']:.3f},  loss = {numbers['loss']:.3f}", fontsize=9)
-    ax.legend(loc="upper right")
+    # beside the axes: at low T a bar reaches the top, wherever the legend sits inside
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 class Explorer:
@@ -47,7 +90,8 @@ class Explorer:
     def show(self):
         import io
         buf = io.BytesIO()
-        self.fig.savefig(buf, format="png", dpi=80)
+        self.fig.savefig(buf, format="png", dpi=2 * DPI)
+        self.image.width = str(round(self.fig.get_figwidth() * DPI))
         self.image.value = buf.getvalue()
 
     def _ipython_display_(self):
@@ -80,7 +124,7 @@ class TemperatureExplorer(Explorer):
         self.readout = W.HTML()
         self.image = W.Image(format="png")
         # A figure outside pyplot's registry, so the notebook doesn't also show it at the cell's end.
-        self.fig = Figure(figsize=(7, 3))
+        self.fig = Figure(figsize=(7, 3), layout="constrained")
         self.ax = self.fig.subplots()
         self.T.observe(self.update, names="value")
         self.alpha.observe(self.update, names="value")
@@ -102,10 +146,11 @@ def temperature_frames(teacher_logits, student_logits, label, class_names=None, 
     from matplotlib import animation
     Ts = Ts or [0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20]
     class_names = class_names or [str(i) for i in range(teacher_logits.shape[0])]
-    fig, ax = plt.subplots(figsize=(7, 3))
+    # constrained layout: the labels and the legend stay inside the frame
+    fig, ax = plt.subplots(figsize=(7, 3), dpi=2 * DPI, layout="constrained")
     frames = [explain(teacher_logits, student_logits, label, T, alpha) for T in Ts]
     anim = animation.FuncAnimation(fig, lambda i: draw(ax, frames[i], class_names, label), frames=len(frames))
-    html = anim.to_jshtml(fps=2, default_mode="once")
+    html = jshtml(anim, fig)
     plt.close(fig)
     return html
 
@@ -135,7 +180,7 @@ class GridExplorer(Explorer):
         self.alpha = W.SelectionSlider(options=list(alphas), value=alphas[-1], description="α")
         self.T = W.SelectionSlider(options=list(Ts), value=Ts[0], description="T")
         self.image = W.Image(format="png")
-        self.fig = Figure(figsize=(6, 3))
+        self.fig = Figure(figsize=(6, 3), layout="constrained")
         self.ax = self.fig.subplots()
         self.alpha.observe(self.update, names="value")
         self.T.observe(self.update, names="value")
@@ -153,9 +198,9 @@ def grid_frames(cells, alphas, Ts, baseline=None):
     T varying fastest, scrubbed by one JavaScript slider."""
     from matplotlib import animation
     order = [(a, T) for a in alphas for T in Ts]
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=2 * DPI, layout="constrained")
     anim = animation.FuncAnimation(fig, lambda i: draw_member(ax, cells[order[i]], *order[i], baseline),
                                    frames=len(order))
-    html = anim.to_jshtml(fps=2, default_mode="once")
+    html = jshtml(anim, fig)
     plt.close(fig)
     return html

@@ -5,6 +5,7 @@ import re
 import struct
 
 import matplotlib.pyplot as plt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 import pytest
 import torch
 
@@ -144,8 +145,11 @@ def inside(box, outer):
 
 def check_layout(fig, ax):
     """Axis labels and legend inside the figure; the legend covers no bar."""
-    fig.canvas.draw()
-    r = fig.canvas.get_renderer()
+    canvas = fig.canvas if hasattr(fig.canvas, "get_renderer") else FigureCanvasAgg(fig)
+    # twice: an animation's figure redraws its first frame after its first draw
+    canvas.draw()
+    canvas.draw()
+    r = canvas.get_renderer()
     texts = [t for t in (ax.xaxis.label, ax.yaxis.label, ax.title) if t.get_text()]
     for artist in texts + [ax.get_legend()]:
         assert inside(artist.get_window_extent(r), fig.bbox), f"{artist} is cut off"
