@@ -2,9 +2,9 @@
 
 The site is served from 127.0.0.1 and every request to any other host is recorded and refused,
 so the pages must work offline. Per page: the title renders, every image loaded, the math is
-typeset by MathJax, no output holds a Python traceback, the widgets draw from their saved state,
-the kernel-free animation sliders change the shown frame, each chapter says how it was run, and
-no script error; from a web server and from file://. Screenshots land in _build/screenshots/ for a person to look at.
+typeset by MathJax, no output holds a Python traceback, no ipywidgets control (it would change
+nothing without a kernel), the kernel-free animation sliders change the shown frame, each chapter
+says how it was run, and no script error; from a web server and from file://. Screenshots land in _build/screenshots/ for a person to look at.
 
 Building the site executes every chapter (minutes), so the test reuses _build/html when the
 stamp `_build/.book-built` (written after a successful `make book`, or by this test) is newer
@@ -15,6 +15,7 @@ The browser is Debian's chromium (`apt-get install chromium`, done here when mis
 driven by Playwright (`pip install playwright`; never `playwright install`)."""
 import functools
 import http.server
+import importlib
 import os
 import re
 import shutil
@@ -36,6 +37,16 @@ SOURCES = ["book", "kdnb", "_config.yml", "_toc.yml"]
 WAIT_MS = 20_000  # for MathJax and the widget manager to finish drawing
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def extension():
+    """The book's own Sphinx extension, found the way _config.yml's local_extensions names it."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    (name, path), = config["sphinx"]["local_extensions"].items()
+    folder = str((ROOT / path).resolve())
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
 
 
 def chapters(toc=ROOT / "_toc.yml"):
@@ -245,15 +256,14 @@ def inspect(page, code, screenshot=None):
             if page.locator("mjx-merror").count():
                 problems.append("MathJax reports a TeX error: " + page.locator("mjx-merror").first.inner_text())
 
-    # widgets: each saved view drawn by the HTML manager, and a chapter using ipywidgets has some
-    views = page.locator('script[type="application/vnd.jupyter.widget-view+json"]').count()
-    if views and not wait_quietly(page, f"() => document.querySelectorAll("
-                                        f"'.widget-subarea .jupyter-widgets').length >= {views}"):
-        drawn = page.locator(".widget-subarea .jupyter-widgets").count()
-        problems.append(f"{views} widget views saved but {drawn} drawn")
-    if re.search(r"\bipywidgets\b|\binteract\(", code) and not views:
-        problems.append("the chapter uses ipywidgets but the page has no widget state "
-                        "(not saved when the notebook ran?)")
+    # controls: none that needs a kernel. ipywidgets leave saved views and state (drawn as
+    # .jupyter-widgets); any slider outside a kernel-free animation would change nothing either.
+    widgets = page.locator('script[type^="application/vnd.jupyter.widget"], .jupyter-widgets').count()
+    if widgets:
+        problems.append(f"{widgets} ipywidgets views or state on the page: controls that need a kernel")
+    sliders = page.locator("input[type=range]:not(div.animation input)").count()
+    if sliders:
+        problems.append(f"{sliders} sliders outside the kernel-free animations")
 
     # images: every one loaded
     wait_quietly(page, "() => [...document.images].every(i => i.complete)")
@@ -309,6 +319,7 @@ BAD_PAGE = """<html><head><title>Other</title></head><body><main><article>
 <span class="math">\\(x^2\\)</span>
 <div class="cell_output"><pre>Traceback (most recent call last):\n  File "x", line 1</pre></div>
 <div class="cell_output"><script type="application/vnd.jupyter.widget-view+json">{}</script></div>
+<div class="cell_output"><input type="range" min="0" max="3" value="0"></div>
 <div class="animation"><img src="data:image/gif;base64,R0lGODlhAQABAAAAACw="><input type="range" min="0" max="3" value="0"></div>
 <script>undefined_function()</script>
 </article></main></body></html>"""
@@ -321,8 +332,9 @@ def test_inspect_finds_problems(page, monkeypatch):
     page.route(url, lambda r: r.fulfill(body=BAD_PAGE, content_type="text/html"))
     page.route("**/missing.png", lambda r: r.fulfill(status=404, body="not found"))
     page.goto(url, wait_until="load")
-    report = "\n".join(inspect(page, "import ipywidgets\nx = 1"))
-    for fault in ["does not name the heading", "MathJax never started", "1 widget views saved but 0 drawn",
+    report = "\n".join(inspect(page, "x = 1"))
+    for fault in ["does not name the heading", "MathJax never started", "1 ipywidgets views or state",
+                  "1 sliders outside the kernel-free animations",
                   "image not loaded: /missing.png", "missing file: 404 http://127.0.0.1:9/missing.png", "traceback", "no run time", "frame did not change",
                   "outside host: https://cdn.example.org/logo.png", "script error"]:
         assert fault in report, f"{fault!r} not reported in:\n{report}"
@@ -337,31 +349,55 @@ def test_pages_come_from_toc():
 
 def test_offline_assets_are_complete(tmp_path):
     """What the pages load from _static/offline/ is there, with the files it loads in turn."""
-    from kdnb import site as kdnb_site
+    kdnb_site = extension()
     kdnb_site.install_assets(tmp_path, BUILD / ".assets")
-    static = tmp_path
-    for path in (kdnb_site.MATHJAX, kdnb_site.REQUIRE, kdnb_site.WIDGETS, kdnb_site.FONT_AWESOME):
-        assert (static / path).stat().st_size > 1000, path
-    assert "require.config" in (static / kdnb_site.WIDGETS_PATHS).read_text()
-    embed = (static / kdnb_site.WIDGETS).read_text()
-    fonts = set(re.findall(r'\.p\+"([0-9a-f]+\.(?:woff2?|ttf|eot|svg))"', embed))
-    assert fonts and all((static / kdnb_site.WIDGETS).with_name(f).exists() for f in fonts)
-    css = (static / kdnb_site.FONT_AWESOME).read_text()
-    for font in re.findall(r"url\('\.\./fonts/([^?#']+)", css):
-        assert (static / kdnb_site.FONT_AWESOME).parent.parent.joinpath("fonts", font).exists(), font
-    mathjax = static / kdnb_site.MATHJAX
+    mathjax = tmp_path / kdnb_site.MATHJAX
+    assert mathjax.stat().st_size > 1000
     assert (mathjax.parent / "output/chtml/fonts/woff-v2/MathJax_Main-Regular.woff").exists()
     assert (mathjax.parent / "input/tex/extensions/boldsymbol.js").exists()  # loaded on demand
 
 
 def test_missing_npm_is_a_clear_error(tmp_path, monkeypatch):
-    from kdnb import site as kdnb_site
+    kdnb_site = extension()
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"npm not found.*mathjax@3\.2\.2"):
         kdnb_site.tarball("mathjax", "3.2.2", tmp_path)
 
 
 def test_run_info_line():
-    from kdnb.site import run_info
+    run_info = extension().run_info
     assert run_info(12.34, "quick", "cpu") == "This page's code ran in 12.3 s (quick profile, cpu)."
     assert run_info(125, "full", "cuda") == "This page's code ran in 2 min 5 s (full profile, cuda)."
+
+
+def test_the_extension_is_the_books_own():
+    """Build tooling lives with the book, not in the kdnb package readers import."""
+    kdnb_site = extension()
+    assert Path(kdnb_site.__file__).resolve().parent == ROOT / "book" / "_ext"
+    assert callable(kdnb_site.setup)
+    assert not (ROOT / "kdnb" / "site.py").exists()
+    assert "book/_ext/*" in yaml.safe_load((ROOT / "_config.yml").read_text())["exclude_patterns"]
+
+
+def output_with(*mime_types):
+    """A code cell's output area as myst-nb parses it: one mime bundle with these mime types."""
+    from docutils import nodes
+    bundle = nodes.container(nb_element="mime_bundle")
+    for mime in mime_types:
+        bundle += nodes.container("", nodes.literal_block(text=mime), mime_type=mime)
+    return nodes.container("", bundle, nb_element="cell_code_output", classes=["cell_output"])
+
+
+def test_widget_outputs_are_dropped_and_others_kept():
+    from docutils import nodes
+    from docutils.utils import new_document
+    kdnb_site = extension()
+    doc = new_document("chapter")
+    doc += output_with("application/vnd.jupyter.widget-view+json", "text/plain")  # TemperatureExplorer(...)
+    doc += output_with("text/html", "text/plain")                                 # HTML(temperature_frames(...))
+    assert kdnb_site.drop_widgets(doc) == 1
+    mimes = [c["mime_type"] for c in doc.findall(nodes.container) if "mime_type" in c]
+    assert mimes == ["text/html", "text/plain"]
+    note = list(doc.findall(nodes.paragraph))
+    assert len(note) == 1 and "JupyterLab" in note[0].astext()
+    assert kdnb_site.drop_widgets(doc) == 0

@@ -1,47 +1,33 @@
-"""The web site works offline, and says how each chapter was run.
+"""The web site works offline, shows no control that needs a kernel, and says how each chapter
+was run.
 
-A Sphinx extension, listed under ``sphinx: extra_extensions`` in ``_config.yml``:
+The book's own Sphinx extension (build tooling, not part of kdnb), loaded through
+``sphinx: local_extensions`` in ``_config.yml``:
 
-- MathJax, require.js and the ipywidgets HTML manager (which draws the widgets from the
-  state saved in the executed notebooks) are served from ``_static/offline/`` of the site
-  itself, never from a CDN, so the book reads from a file or an intranet. The JavaScript
-  comes from the npm registry, once: ``npm pack`` tarballs are kept in ``_build/.assets``,
-  so later builds need no network.
-- matplotlib's ``to_jshtml`` animations link Font Awesome 4 from a CDN for their buttons;
-  the pages link a local copy instead.
+- MathJax is served from ``_static/offline/`` of the site itself, never from a CDN, so the book
+  reads from a file or an intranet. It comes from the npm registry, once: ``npm pack`` tarballs
+  are kept in ``_build/.assets``, so later builds need no network.
+- ipywidgets outputs are dropped, with their saved state: on a static page their sliders would
+  move and change nothing. The kernel-free animations (``kdnb.widgets.*_frames``) stay.
+- matplotlib's ``to_jshtml`` animations link Font Awesome from a CDN for their buttons; the
+  pages get kdnb's inline-SVG icons instead (``kdnb.widgets.offline``).
 - Each executed chapter shows under its title how long its code ran, with which profile
   and on which device.
 """
 import os
-import re
 import shutil
 import subprocess
 import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-# html-manager 1.0.x draws ipywidgets 8 state (ipywidgets 7 needs 0.20.x).
-PACKAGES = {
-    "mathjax": "3.2.2",
-    "requirejs": "2.3.8",
-    "@jupyter-widgets/html-manager": "1.0.15",
-    "font-awesome": "4.7.0",  # icons of the animation buttons
-}
+from docutils import nodes
+
+PACKAGES = {"mathjax": "3.2.2"}
 VENDOR = "offline"  # under the site's _static/
-FONT_AWESOME = f"{VENDOR}/font-awesome/css/font-awesome.min.css"
-FONT_AWESOME_CDN = re.compile(r"https?://maxcdn\.bootstrapcdn\.com/font-awesome/[\d.]+/css/font-awesome(\.min)?\.css")
 MATHJAX = f"{VENDOR}/mathjax/tex-mml-chtml.js"
-REQUIRE = f"{VENDOR}/require.js"
-WIDGETS = f"{VENDOR}/jupyter-widgets/embed-amd.js"
-WIDGETS_PATHS = f"{VENDOR}/jupyter-widgets-paths.js"
-# embed-amd.js loads its icon fonts from beside the AMD module it defines, whose URL requirejs
-# makes from the module name (page folder + "@jupyter-widgets/html-manager/dist/"): map that
-# name to the local copy. Runs between require.js and embed-amd.js.
-WIDGETS_PATHS_JS = """(() => {
-  const here = document.currentScript.src.replace(/[^/]*$/, "");
-  require.config({paths: {"@jupyter-widgets/html-manager/dist": here + "jupyter-widgets"}});
-})();
-"""
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+LIVE_ONLY = "Live sliders here in JupyterLab (make lab); they need a running kernel, so this page leaves them out."
 
 
 def tarball(name, version, cache):
@@ -74,22 +60,12 @@ def _target(name, member):
     parts = PurePosixPath(member).parts[1:]  # drop the tarball's "package/"
     if not parts:
         return None
-    if parts == ("LICENSE",):
-        return f"{name.rsplit('/', 1)[-1]}/LICENSE" if name != "requirejs" else "require.LICENSE"
-    if name == "requirejs":
-        return "require.js" if parts == ("require.js",) else None
     if name == "mathjax":
+        if parts == ("LICENSE",):
+            return "mathjax/LICENSE"
         # es5/ minus the other combined components (tex-svg.js, ...) the pages never load
         keep = parts[0] == "es5" and (len(parts) > 2 or parts[1] == "tex-mml-chtml.js")
         return "mathjax/" + "/".join(parts[1:]) if keep else None
-    if name == "@jupyter-widgets/html-manager":
-        # the embed bundle and the fonts it loads from beside itself
-        keep = len(parts) == 2 and parts[0] == "dist" and not parts[1].endswith(".map") \
-            and parts[1] not in ("embed.js", "libembed-amd.js")
-        return "jupyter-widgets/" + parts[1] if keep else None
-    if name == "font-awesome":
-        keep = parts[0] == "fonts" or parts == ("css", "font-awesome.min.css")
-        return "font-awesome/" + "/".join(parts) if keep else None
     raise ValueError(f"name must be one of {', '.join(PACKAGES)}, got {name!r}")
 
 
@@ -108,8 +84,18 @@ def install_assets(static_dir, cache):
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(tar.extractfile(member).read())
                 count += 1
-    (Path(static_dir) / WIDGETS_PATHS).write_text(WIDGETS_PATHS_JS)
-    return count + 1
+    return count
+
+
+def drop_widgets(doctree):
+    """Replace each notebook output that holds an ipywidgets view (whatever else its mime bundle
+    offers, e.g. the text "VBox(...)") by a line saying where the live version is. Returns how
+    many were dropped."""
+    bundles = [b for b in doctree.findall(nodes.container) if b.get("nb_element") == "mime_bundle"
+               and any(c.get("mime_type") == WIDGET_VIEW for c in b.children)]
+    for bundle in bundles:
+        bundle.replace_self(nodes.paragraph(text=LIVE_ONLY, classes=["kdnb-live-only"]))
+    return len(bundles)
 
 
 def run_info(runtime, profile, device):
@@ -127,7 +113,9 @@ def _cache(app):
 
 def _configure(app, config):
     config.mathjax_path = MATHJAX
-    config.nb_ipywidgets_js = {REQUIRE: {}, WIDGETS_PATHS: {}, WIDGETS: {}}  # loaded in this order
+    # the widget state is dropped (_read), so no page needs the widget manager; {} also keeps
+    # myst-nb's CDN default off any page where some state slipped through
+    config.nb_ipywidgets_js = {}
 
 
 def _fetch(app):
@@ -137,43 +125,29 @@ def _fetch(app):
             tarball(name, version, _cache(app))
 
 
+def _read(app, doctree):
+    from myst_nb.sphinx_ import NbMetadataCollector
+    drop_widgets(doctree)
+    js_files = NbMetadataCollector.get_doc_data(app.env)[app.env.docname].get("js_files", {})
+    for key in [k for k in js_files if k.startswith("ipywidgets")]:  # the state and its loaders
+        del js_files[key]
+
+
 def _copy(app, exception):
     if exception is None and app.builder.format == "html":
         install_assets(Path(app.outdir) / "_static", _cache(app))
 
 
 def _device():
-    from .train import default_device
+    from kdnb.device import default_device
     return default_device().type
 
 
-# The widget manager typesets labels with MathJax 2's `MathJax.Hub.Queue`, which MathJax 3 lacks
-# (uncaught TypeError). Give it that one call: set on the config object in case widgets draw
-# before MathJax loads, and on MathJax itself once it is ready.
-HUB_SHIM = """(() => {
-  const queue = (job) => {
-    const el = Array.isArray(job) ? job[2] : null;
-    const typeset = () => MathJax.startup.promise.then(() => MathJax.typesetPromise(el ? [el] : undefined));
-    if (window.MathJax.typesetPromise) return typeset();
-    window.addEventListener("load", typeset);
-  };
-  window.MathJax = window.MathJax || {};
-  MathJax.Hub = {Queue: queue};
-  MathJax.startup = Object.assign(MathJax.startup || {}, {ready: () => {
-    MathJax.startup.defaultReady();
-    MathJax.Hub = {Queue: queue};
-  }});
-})();"""
-
-
 def _page(app, pagename, templatename, context, doctree):
+    from kdnb.widgets import offline
     _drop_repeated_scripts(context)
-    scripts = [getattr(js, "filename", js) for js in context.get("script_files", [])]
-    if f"_static/{MATHJAX}" in scripts and f"_static/{WIDGETS}" in scripts:
-        app.builder.add_js_file(None, body=HUB_SHIM)
     if "body" in context:
-        local = context["pathto"](f"_static/{FONT_AWESOME}", 1)
-        context["body"] = FONT_AWESOME_CDN.sub(local, context["body"])
+        context["body"] = offline(context["body"])
     _add_run_info(app, pagename, context, doctree)
 
 
@@ -200,7 +174,7 @@ def _add_run_info(app, pagename, context, doctree):
     data = NbMetadataCollector.get_exec_data(app.env, pagename)
     if not data or not data.get("succeeded") or data.get("runtime") is None or "body" not in context:
         return
-    from .profiles import get
+    from kdnb.profiles import get
     if not hasattr(app, "_kdnb_device"):
         app._kdnb_device = _device()
     line = run_info(data["runtime"], get().name, app._kdnb_device)
@@ -212,6 +186,7 @@ def _add_run_info(app, pagename, context, doctree):
 def setup(app):
     app.connect("config-inited", _configure)
     app.connect("builder-inited", _fetch)
+    app.connect("doctree-read", _read)
     app.connect("build-finished", _copy)
     app.connect("html-page-context", _page, priority=900)  # after MathJax's and myst-nb's
     return {"parallel_read_safe": True, "parallel_write_safe": True}
