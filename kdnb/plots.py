@@ -82,15 +82,26 @@ def heatmap(values, rows, cols, ax=None, title=None, fmt="{:+.1f}", std=None, xl
     for i in range(v.shape[0]):
         for j in range(v.shape[1]):
             text = fmt.format(float(v[i, j])) + (f"\n±{float(std[i][j]):.1f}" if std is not None else "")
-            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+            dark = abs(float(v[i, j])) > 0.6 * lim  # the colormap's ends are dark: white text there
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
     ax.set(xticks=range(len(cols)), xticklabels=cols, yticks=range(len(rows)), yticklabels=rows,
            xlabel=xlabel, ylabel=ylabel, title=title)
     plt.colorbar(im, ax=ax)
     return ax
 
 
+def paired(treated, baseline):
+    """Per-seed differences ``treated[i] − baseline[i]`` of runs that share seed ``i`` (initial
+    weights and batches): ``(mean, std, standard error)`` of the differences. Pairing removes the
+    seed-to-seed spread both runs share, which an unpaired comparison counts as noise."""
+    if len(treated) != len(baseline) or len(treated) < 2:
+        raise ValueError(f"treated and baseline must be runs over the same >= 2 seeds, got {len(treated)} and "
+                         f"{len(baseline)}")
+    m, s = mean_std([t - b for t, b in zip(treated, baseline)])
+    return m, s, s / len(treated) ** 0.5
+
+
 def gain(treated, baseline):
-    """Difference of means and its standard error (Welch): how far apart two sets of seeds are,
-    and how much of that the seed noise could explain."""
-    (m1, s1), (m0, s0) = mean_std(treated), mean_std(baseline)
-    return m1 - m0, (s1 ** 2 / len(treated) + s0 ** 2 / len(baseline)) ** 0.5
+    """Mean paired difference and its standard error (see :func:`paired`)."""
+    m, _, se = paired(treated, baseline)
+    return m, se

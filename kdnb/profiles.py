@@ -1,8 +1,9 @@
 """Run profiles. ``quick`` (the default) runs every chapter on this laptop-class CPU in about
 90 s on the embedded data; ``full`` runs the seeds' data sets at their scale and wants a GPU.
 Chosen by ``$KDNB_PROFILE``."""
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -11,27 +12,43 @@ class Profile:
     data: str                 # the chapters' default data set
     teacher: dict             # model spec of the default teacher
     student: dict             # model spec of the default student
-    epochs: int               # student epochs
+    epochs: int               # student epochs on the labelled training split
     teacher_epochs: int
     batch_size: int
-    lr: float
+    lr: float                 # the students'
+    teacher_lr: float
     seeds: tuple = (0, 1, 2)
-    threads: int = 1          # CPU threads: the quick models are too small to gain from more
+    threads: int = 1          # CPU threads: one small model gains nothing from more ...
+    grid_threads: int = 1     # ... a stacked grid of them does
+    transfer_set: int = 0     # unlabeled inputs a teacher labels: fresh signals (MNIST-1D) or, for image
+    labelled_fraction: float = 1.0  # sets, the training images beyond a labelled fraction
     extra: dict = field(default_factory=dict)
+
+    def steps(self, n_labelled):
+        """The students' step budget: ``epochs`` over the labelled split. Every student of a
+        comparison gets it, whatever its training set (``epochs_for``)."""
+        return self.epochs * math.ceil(n_labelled / self.batch_size)
+
+    def epochs_for(self, n_train, steps):
+        """Whole epochs over ``n_train`` samples closest to ``steps`` steps (at least one)."""
+        return max(1, round(steps / math.ceil(n_train / self.batch_size)))
 
 
 PROFILES = {
+    # Greydanus' MNIST-1D MLP (40-100-100-10, Adam 1e-2, batch 128, 100 epochs): about 2,900 steps,
+    # selected on validation; the best epochs come late and a 300-epoch run tests no better.
     "quick": Profile(
         name="quick", data="mnist1d",
         teacher={"name": "convnet", "depth": 4, "width": 32, "hidden": 128},
-        student={"name": "mlp", "hidden": [128]},
-        epochs=20, teacher_epochs=30, batch_size=128, lr=3e-3,
-        extra={"transfer_set": 10000}),
+        student={"name": "mlp", "hidden": [100, 100]},
+        epochs=100, teacher_epochs=30, batch_size=128, lr=1e-2, teacher_lr=3e-3, grid_threads=2,
+        transfer_set=10000),
     "full": Profile(
         name="full", data="mnist",
         teacher={"name": "mlp", "hidden": [1200, 1200], "dropout": 0.5},
         student={"name": "mlp", "hidden": [800, 800]},
-        epochs=60, teacher_epochs=60, batch_size=128, lr=1e-3, threads=8,
+        epochs=60, teacher_epochs=60, batch_size=128, lr=1e-3, teacher_lr=1e-3, threads=8, grid_threads=8,
+        labelled_fraction=0.2,  # the transfer set: the other 80 % of the training images, unlabeled
         # seed 001 exp 1: 1 conv + 4 FC teacher (1,422,378 parameters) → 1 conv + 2 FC student (693,962)
         extra={"seed001_teacher": {"name": "conv_mlp", "hidden": [256, 128, 32]},
                "seed001_student": {"name": "conv_mlp", "hidden": [128]},
@@ -47,11 +64,20 @@ PROFILES = {
 
 
 def get(name=None):
-    """The profile ``name``, else ``$KDNB_PROFILE``, else ``quick``; a Profile is returned as is."""
+    """The profile ``name``, else ``$KDNB_PROFILE``, else ``quick``; a Profile is returned as is.
+    ``$KDNB_SMOKE=1`` keeps the profile's models and data but trains one epoch of everything: what
+    the tests use to run every chapter's full-profile code path on tiny files without a GPU."""
     if isinstance(name, Profile):
         return name
     name = name or os.environ.get("KDNB_PROFILE") or "quick"
     if name not in PROFILES:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)} (from KDNB_PROFILE or the "
                          f"argument), got {name!r}")
-    return PROFILES[name]
+    p = PROFILES[name]
+    if os.environ.get("KDNB_SMOKE") == "1":
+        smoke = lambda fit: {**fit, "epochs": 1}
+        cifar = p.extra.get("seed001_cifar")
+        extra = {**p.extra, "seed001_cifar": {**cifar, "teacher_fit": smoke(cifar["teacher_fit"]),
+                                              "student_fit": smoke(cifar["student_fit"])}} if cifar else p.extra
+        p = replace(p, epochs=1, teacher_epochs=1, transfer_set=min(p.transfer_set, 64), extra=extra)
+    return p
