@@ -312,7 +312,9 @@ def check_finite(values, names, epoch, steps_per_epoch, history, opt):
     finite = torch.isfinite(values)
     if finite.all():
         return
-    step, col = (~finite).nonzero()[0].tolist()
+    step = int((~finite).any(1).nonzero()[0])
+    bad = (~finite[step]).nonzero().flatten().tolist()
+    col = next((c for c in bad if c > 0), bad[0])  # name the term, not just the sum it spoils
     name = names[col]
     whose = f"player {name.split('/')[0]!r}'s term {name.split('/')[1]!r}" if "/" in name else \
         ("the student's loss" if col == 0 else f"the student's term {name!r}")

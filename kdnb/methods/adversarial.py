@@ -5,6 +5,7 @@ student's, and the student learns to fool it, beside its cross-entropy.
 
 The discriminator is a :class:`~kdnb.methods.base.Player`: its own Adam, updated after each
 student step on the student's detached logits."""
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -23,12 +24,14 @@ class GANKD(TeacherOutputs):
     """GAN KD: terms ``"ce"`` (β · CE) and ``"adv"`` (−α · log σ(D(s))) for the student; the
     player ``"D"`` logs ``"bce"`` (L_D) and ``"acc"`` (how often it tells them apart, not trained on)."""
 
-    def __init__(self, teacher, classes=10, alpha=1.0, beta=1.0, gamma=1.0, hidden=64, lr=1e-3, steps=1):
+    def __init__(self, teacher, classes=10, alpha=1.0, beta=1.0, gamma=1.0, hidden=64, lr=1e-3, steps=1, seed=0):
         super().__init__(teacher)
         self.alpha = check_number("alpha", alpha, low=0)
         self.beta = check_number("beta", beta, low=0)
         self.gamma = check_number("gamma", gamma, low=0, low_open=True)
-        self.D = Player(discriminator(classes, hidden), lr=lr, steps=steps)
+        with torch.random.fork_rng(devices=[]):  # D's first weights from its own seed, not the caller's RNG
+            torch.manual_seed(seed)
+            self.D = Player(discriminator(classes, hidden), lr=lr, steps=steps)
 
     def losses(self, logits, batch):
         fooled = F.logsigmoid(self.D(logits)).mean()  # log σ(D(s)): high when D takes s for the teacher
