@@ -4,7 +4,8 @@ Its contents API hands book/00_intro.md over as a notebook (jupytext at work), L
 open Markdown/MyST as notebooks by default but not Python files, and a kernel started through the
 server runs the chapter's first code cell's imports over the websocket, in book/, with this kdnb.
 The whole first cell trains a teacher (minutes on a cold cache): running chapters end to end is
-nbval's and `make book`'s job."""
+nbval's and `make book`'s job. Saving every page back as Lab's autosave does (on a copy) leaves
+its bytes unchanged, and `make lab`, unlike `make book` and `make test`, keeps progress bars on."""
 import ast
 import contextlib
 import difflib
