@@ -299,3 +299,43 @@ def test_cache_clear_and_prune(data, fresh_cache, capsys, monkeypatch):
     cli.main(["cache", "clear"])
     assert "removed 2 entries" in capsys.readouterr().out
     assert not list(fresh_cache.rglob("*.pt"))
+
+
+# ---------------------------------------------------------------------------------------------
+# What a reader sees: one progress bar per experiment, none when progress is off.
+
+class Bar:
+    made = []
+
+    def __init__(self, total=None, desc="", disable=False, leave=True, **kw):
+        self.total, self.desc, self.disable, self.n = total, desc, disable, 0
+        Bar.made.append(self)
+
+    def update(self, n=1):
+        self.n += n
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_one_progress_bar_per_experiment(data, fresh_cache, monkeypatch):
+    import tqdm.auto
+    from kdnb import experiments, profiles
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    monkeypatch.setenv("KDNB_DEVICE", "cpu")
+    p = profiles.Profile(name="test", data="digits", teacher={"name": "mlp", "hidden": [16]},
+                         student={"name": "mlp", "hidden": [8]}, epochs=2, teacher_epochs=1, batch_size=64, lr=1e-3,
+                         teacher_lr=1e-3)
+    for progress in ("1", "1", "0"):  # computed, then from the cache, then switched off
+        monkeypatch.setenv("KDNB_PROGRESS", progress)
+        Bar.made = []
+        experiments.students(data, CrossEntropy(), profile=p)
+        [bar] = Bar.made  # the students' fits draw no bars of their own
+        assert bar.desc == "3 students: CrossEntropy" and bar.total == bar.n == 6
+        assert bar.disable == (progress == "0")
+    Bar.made = []
+    experiments.teacher(p, data)
+    assert [b.desc for b in Bar.made] == ["teacher mlp on digits"]
