@@ -14,7 +14,7 @@ LAYERS = [
     {"methods.hinton"},                                       # what other methods build on
     {"methods.teacher_free", "methods.features", "methods.adversarial", "methods"},
     {"train"},                                                # the one loop
-    {"sweep", "experiments"},                                 # many models
+    {"sweep", "experiments", "chains", "deploy"},             # many models, deployment
     {"widgets", "plots", "cli", "__init__"},                  # faces
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
