@@ -53,7 +53,11 @@ def taps(model, nodes, logits=True):
 class FrozenTeacher(nn.Module):
     """A teacher that never trains: eval mode always (even when the method is put in train mode),
     parameters without gradients, forward under ``no_grad``. With ``nodes`` it returns
-    ``{node: feature, "logits": logits}`` read through :func:`taps`."""
+    ``{node: feature, "logits": logits}`` read through :func:`taps`.
+
+    The model is held, not registered as a child: a frozen teacher is no part of a method's
+    parameters or state dict (a cached student or a checkpoint would otherwise carry a copy of the
+    teacher's weights); the method's cache description names it by its weights instead."""
 
     def __init__(self, model, nodes=()):
         super().__init__()
@@ -68,9 +72,13 @@ class FrozenTeacher(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
-        if self._taps is not None:  # not a registered child (its weights are self.model's): move it too
+        self.model._apply(fn, *args, **kwargs)  # not registered children: moved here
+        if self._taps is not None:
             self._taps._apply(fn, *args, **kwargs)
         return self
+
+    def extra_repr(self):
+        return f"model={type(self.model).__name__}, nodes={list(self.nodes)}"
 
     @torch.no_grad()
     def forward(self, batch):
@@ -83,7 +91,7 @@ class FrozenTeacher(nn.Module):
         return {"FrozenTeacher": describe(self.model, "teacher.model"), "nodes": list(self.nodes)}
 
     def __setattr__(self, name, value):
-        if name == "_taps":  # kept out of _modules: its parameters are the model's, listed once
+        if name in ("model", "_taps"):  # kept out of _modules (see the class docstring)
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)

@@ -339,3 +339,15 @@ def test_one_progress_bar_per_experiment(data, fresh_cache, monkeypatch):
     Bar.made = []
     experiments.teacher(p, data)
     assert [b.desc for b in Bar.made] == ["teacher mlp on digits"]
+
+
+def test_a_frozen_teacher_is_not_stored_with_the_student(data, fresh_cache):
+    teacher = mlp(data, seed=1, hidden=(256,))
+    method = Distill(teacher)
+    assert method.state_dict() == {} and not list(method.parameters())
+    train.trained({"name": "mlp", "hidden": [8]}, data, method, **FAST)
+    [entry] = (fresh_cache / "models").glob("*.pt")
+    assert store.load(entry)["value"]["method"] == {}
+    assert entry.stat().st_size < 0.5 * sum(p.numel() * 4 for p in teacher.parameters())
+    moved = Distill(teacher).to(torch.float64)  # the held model still moves with its method
+    assert next(moved.teacher.model.parameters()).dtype == torch.float64
