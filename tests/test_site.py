@@ -3,8 +3,9 @@
 The site is served from 127.0.0.1 and every request to any other host is recorded and refused,
 so the pages must work offline. Per page: the title renders, every image loaded, the math is
 typeset by MathJax, no output holds a Python traceback, no ipywidgets control (it would change
-nothing without a kernel), the kernel-free animation sliders change the shown frame, each chapter
-says how it was run, and no script error; from a web server and from file://. Screenshots land in _build/screenshots/ for a person to look at.
+nothing without a kernel), the kernel-free animation sliders change the shown frame, no code
+cell scrolls sideways in the 1280-px viewport (tests/test_book_style.py keeps the lines short),
+each chapter says how it was run, and no script error; from a web server and from file://. Screenshots land in _build/screenshots/ for a person to look at.
 
 Building the site executes every chapter (minutes), so the test reuses _build/html when the
 stamp `_build/.book-built` (written after a successful `make book`, or by this test) is newer
@@ -279,6 +280,15 @@ def inspect(page, code, screenshot=None):
     if re.search(r"\|\s*(---|—)\s*\|", outputs):
         problems.append("a markdown table in an output was not rendered as a table")
 
+    # code: no code cell's source scrolls sideways (its outputs may: they print what they print)
+    wide = page.evaluate("""() => document.fonts.ready.then(() =>
+        [...document.querySelectorAll('.cell_input pre')]
+        .filter(p => p.scrollWidth > p.clientWidth + 1)
+        .map(p => [p.scrollWidth, p.clientWidth, p.textContent.split('\\n')
+                   .reduce((a, b) => b.length > a.length ? b : a, '').slice(0, 60)]))""")
+    problems += [f"code cell scrolls sideways ({sw} px of code in a {cw}-px box): {line!r}"
+                 for sw, cw, line in wide]
+
     # how the chapter was run, for chapters with code
     if code.strip():
         info = page.locator(".kdnb-run-info")
@@ -318,6 +328,8 @@ BAD_PAGE = """<html><head><title>Other</title></head><body><main><article>
 <img src="/missing.png"><img src="https://cdn.example.org/logo.png">
 <span class="math">\\(x^2\\)</span>
 <div class="cell_output"><pre>Traceback (most recent call last):\n  File "x", line 1</pre></div>
+<div class="cell_input"><pre style="width: 200px; overflow: auto">short = 1
+long_line = "far wider than the 200-px box that holds it"</pre></div>
 <div class="cell_output"><script type="application/vnd.jupyter.widget-view+json">{}</script></div>
 <div class="cell_output"><input type="range" min="0" max="3" value="0"></div>
 <div class="animation"><img src="data:image/gif;base64,R0lGODlhAQABAAAAACw="><input type="range" min="0" max="3" value="0"></div>
@@ -336,6 +348,7 @@ def test_inspect_finds_problems(page, monkeypatch):
     for fault in ["does not name the heading", "MathJax never started", "1 ipywidgets views or state",
                   "1 sliders outside the kernel-free animations",
                   "image not loaded: /missing.png", "missing file: 404 http://127.0.0.1:9/missing.png", "traceback", "no run time", "frame did not change",
+                  "code cell scrolls sideways", "'long_line = \"far wider",
                   "outside host: https://cdn.example.org/logo.png", "script error"]:
         assert fault in report, f"{fault!r} not reported in:\n{report}"
 
