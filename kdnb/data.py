@@ -5,6 +5,7 @@ Embedded and offline: ``digits`` (scikit-learn's 8×8 handwritten digits) and ``
 ``fashion_mnist``, ``cifar10``, ``svhn``. The validation split is carved from train with a
 seed; the test split is only ever used for the final report.
 """
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,26 +44,60 @@ class Data:
         return {s: len(self.split(s)[1]) for s in ("train", "val", "test")}
 
     def subset(self, fraction, seed=0):
-        """The same data with a seeded, class-stratified ``fraction`` of the training split."""
+        """The same data with a seeded, class-stratified ``fraction`` of the training split.
+        Subsets of one seed are nested: the 5 % subset lies inside the 10 % one (each is a prefix
+        of the same per-class permutation, :func:`stratified_order`)."""
         check_number("fraction", fraction, low=0, high=1, low_open=True)
         if fraction == 1:
             return self
         keep = stratified_pick(self.y_train, fraction, seed)
         return replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep])
 
+    def with_train(self, keep):
+        """The same data whose training split holds only the samples ``keep`` (a boolean mask or
+        indices into it); validation and test are untouched."""
+        return replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep])
+
     def __repr__(self):
         return f"Data({self.name!r}, classes={self.classes}, shape={self.shape}, sizes={self.sizes()})"
 
 
-def stratified_pick(y, fraction, seed):
-    """Indices of a seeded ``fraction`` of each class (at least one sample per class)."""
+def stratified_order(y, seed):
+    """``{class: its sample indices in one seeded random order}``. The order does not depend on
+    any fraction, so the stratified picks of one seed are prefixes of it, hence nested."""
     g = torch.Generator().manual_seed(seed)
-    picks = []
+    order = {}
     for c in torch.unique(y):
         idx = (y == c).nonzero().flatten()
-        n = max(1, round(fraction * len(idx)))
-        picks.append(idx[torch.randperm(len(idx), generator=g)[:n]])
+        order[int(c)] = idx[torch.randperm(len(idx), generator=g)]
+    return order
+
+
+def stratified_pick(y, fraction, seed):
+    """Indices of a seeded ``fraction`` of each class (at least one sample per class), sorted;
+    for one seed, a smaller fraction's indices are a subset of a larger one's."""
+    picks = [idx[:max(1, round(fraction * len(idx)))] for idx in stratified_order(y, seed).values()]
     return torch.cat(picks).sort().values
+
+
+def fractions(data, fractions, seed=0):
+    """``{fraction: data with that stratified, seeded fraction of its training split}``, nested:
+    every smaller fraction's training samples lie inside every larger one's."""
+    if isinstance(fractions, (str, bytes)) or not hasattr(fractions, "__iter__") or not list(fractions):
+        raise ValueError(f"fractions must be a non-empty list of numbers in (0, 1], got {fractions!r}")
+    return {f: data.subset(check_number("fractions[...]", f, low=0, high=1, low_open=True), seed)
+            for f in fractions}
+
+
+def without_class(data, c):
+    """``data`` without class ``c`` in its training split (Hinton et al.'s transfer set with no 3):
+    validation and test keep it, so what a student learned about ``c`` can still be measured."""
+    if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < data.classes:
+        raise ValueError(f"c must be a class index in [0, {data.classes - 1}] of data {data.name!r}, got {c!r}")
+    keep = data.y_train != c
+    if not keep.any():
+        raise ValueError(f"removing class {c} leaves data {data.name!r} no training samples")
+    return data.with_train(keep)
 
 
 def data_root(root=None):
@@ -108,14 +143,9 @@ def make_mnist1d(n, seed):
     return {k: torch.as_tensor(np.asarray(d[k])) for k in ("x", "y", "x_test", "y_test")}
 
 
-def with_transfer_set(data, n, seed=1):
-    """``data`` whose training split also holds ``n`` fresh MNIST-1D signals from the same
-    generator (another seed): a transfer set for a teacher to label.
-
-    Their true labels ride along only so that train accuracy can be reported; an objective
-    with ``labels=False`` never shows them to the student.
-    """
-
+def fresh_signals(data, n, seed=1):
+    """``(x, y)``: ``n`` fresh MNIST-1D signals from the generator (another seed than the embedded
+    split's 42), scaled with ``data``'s training statistics; generated once, then cached."""
     if data.name != "mnist1d":
         raise ValueError(f"data must be the mnist1d data set (its generator makes fresh inputs), got {data.name!r}")
     n = check_positive_int("n", n)
@@ -125,8 +155,64 @@ def with_transfer_set(data, n, seed=1):
              lambda: make_mnist1d(n, seed))
     x = torch.cat([d["x"], d["x_test"]]).float()[:, None][:n]
     y = torch.cat([d["y"], d["y_test"]]).long()[:n]
-    return replace(data, x_train=torch.cat([data.x_train, (x - data.mean) / data.std]),
-                   y_train=torch.cat([data.y_train, y]))
+    return (x - data.mean) / data.std, y
+
+
+def with_transfer_set(data, n, seed=1):
+    """``data`` whose training split also holds ``n`` fresh MNIST-1D signals from the same
+    generator (another seed): a transfer set for a teacher to label.
+
+    Their true labels ride along only so that train accuracy can be reported; an objective
+    with ``labels=False`` never shows them to the student.
+    """
+    x, y = fresh_signals(data, n, seed)
+    return replace(data, x_train=torch.cat([data.x_train, x]), y_train=torch.cat([data.y_train, y]))
+
+
+def transfer_room(data, labelled_fraction=1.0):
+    """How many inputs :func:`transfer_sets` can add to the labelled ``labelled_fraction``:
+    unbounded (``math.inf``) for MNIST-1D, whose generator makes fresh ones; for image sets,
+    the training images outside the labelled fraction."""
+    check_number("labelled_fraction", labelled_fraction, low=0, high=1, low_open=True)
+    if data.name == "mnist1d":
+        return math.inf
+    return len(data.y_train) - len(data.subset(labelled_fraction).y_train)
+
+
+def transfer_sets(data, sizes, labelled_fraction=1.0, seed=1):
+    """``(labelled, {n: transfer set})`` for any data set: each transfer set's training split is
+    the labelled split followed by ``n`` inputs for a teacher to label, nested (the first ``n`` of
+    one pool, so a smaller set lies inside a larger one).
+
+    MNIST-1D: the pool is ``max(sizes)`` fresh signals from its generator (``seed``), beside
+    ``labelled_fraction`` of the training split. Image sets: the pool is the training images
+    outside the labelled ``labelled_fraction`` (:meth:`Data.subset`, seed 0), in a ``seed``-ed
+    random order, so there are at most that many. The pool's true labels ride along for the
+    controls that use them; a method with ``labels=False`` never shows them to the student.
+    """
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__") or not list(sizes):
+        raise ValueError(f"sizes must be a non-empty list of non-negative integers, got {sizes!r}")
+    sizes = list(sizes)
+    for n in sizes:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"sizes must hold non-negative integers, got {n!r} in {sizes!r}")
+    check_number("labelled_fraction", labelled_fraction, low=0, high=1, low_open=True)
+    labelled = data.subset(labelled_fraction)
+    most = max(sizes)
+    if data.name == "mnist1d":
+        x, y = fresh_signals(data, most, seed) if most else (data.x_train[:0], data.y_train[:0])
+    else:
+        rest = torch.ones(len(data.y_train), dtype=torch.bool)
+        rest[stratified_pick(data.y_train, labelled_fraction, 0) if labelled_fraction < 1 else slice(None)] = False
+        idx = rest.nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))]
+        if most > len(idx):
+            raise ValueError(f"sizes ask for up to {most} unlabeled images, but data {data.name!r} has "
+                             f"{len(idx)} training images outside the labelled {labelled_fraction:g}; use "
+                             f"sizes <= {len(idx)} or a smaller labelled_fraction")
+        x, y = data.x_train[idx], data.y_train[idx]
+    return labelled, {n: replace(labelled, x_train=torch.cat([labelled.x_train, x[:n]]),
+                                 y_train=torch.cat([labelled.y_train, y[:n]])) for n in sizes}
 
 
 def load_digits(root, download):

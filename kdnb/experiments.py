@@ -1,13 +1,16 @@
 """The experiments the chapters share, as plain functions over the profile: the cached teacher,
 the labelled split and its transfer set, and students trained over several seeds with one method
 or another, all on the same step budget."""
+import math
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from . import data as datasets, profiles
 from .data import load
 from .teachers import TeacherCache
+from .teachers import predict
 from .train import evaluate, progress_bar, trained
 
 
@@ -51,8 +54,9 @@ def students(data, method=None, spec=None, seeds=None, profile=None, test_data=N
     spec = spec or p.student
     seeds = p.seeds if seeds is None else seeds
     test_data = test_data or data
+    batch_size = fit_kwargs.get("batch_size", p.batch_size)
     steps = steps or p.steps(len(test_data.y_train))
-    epochs = p.epochs_for(len(data.y_train), steps)
+    epochs = max(1, round(steps / math.ceil(len(data.y_train) / batch_size)))  # p.epochs_for at this batch size
     kwargs = {"epochs": epochs, "batch_size": p.batch_size, "lr": p.lr, **fit_kwargs}
     name = desc or ("CrossEntropy" if method is None else type(method).__name__ if isinstance(method, nn.Module)
                     else "students")
@@ -79,17 +83,63 @@ class GridPair:
     fit_args: dict
 
 
-def grid_pair(profile=None, root=None):
-    """The quick profile's pair with its teacher's logits cached; the full profile's is seed 001
-    exp 2's CIFAR-10 pair (ResNet-18 → 6 conv + BN + 2 FC), augmented, so the teacher runs live."""
+def distill_pair(profile=None, root=None):
+    """A teacher *model* and its student, as a :class:`GridPair`: the quick profile's convnet and
+    MLP on MNIST-1D; the full profile's is seed 001's CIFAR-10 pair (ResNet-18 → 6 conv + BN + 2
+    FC; SGD, cosine, augmented). ``fit_args["epochs"]`` over the training split is the budget."""
     p = profiles.get(profile)
     cifar = p.extra.get("seed001_cifar")
     if not cifar:
         model, _, data = teacher(p)
-        fit_args = {"epochs": p.epochs, "batch_size": p.batch_size, "lr": p.lr}
-        return GridPair(data, teacher_outputs(model, data), p.student, fit_args)
+        return GridPair(data, model, p.student, {"epochs": p.epochs, "batch_size": p.batch_size, "lr": p.lr})
     data = load(cifar["data"], root=root)
     bar = progress_bar(cifar["teacher_fit"]["epochs"], "teacher resnet18_cifar on cifar10")
     model, _ = trained(cifar["teacher"], data, progress=bar, **cifar["teacher_fit"])
     bar.close()
     return GridPair(data, model.eval(), cifar["student"], dict(cifar["student_fit"]))
+
+
+def grid_pair(profile=None, root=None):
+    """The quick profile's pair with its teacher's logits cached; the full profile's is seed 001
+    exp 2's CIFAR-10 pair (ResNet-18 → 6 conv + BN + 2 FC), augmented, so the teacher runs live."""
+    pair = distill_pair(profile, root)
+    if not pair.fit_args.get("augment"):
+        pair.teacher = teacher_outputs(pair.teacher, pair.data)
+    return pair
+
+
+def budget(pair, n):
+    """The step budget of ``pair``: its epochs over ``n`` training samples."""
+    return pair.fit_args["epochs"] * math.ceil(n / pair.fit_args["batch_size"])
+
+
+def epochs_for(pair, n, steps):
+    """Whole epochs over ``n`` samples closest to ``steps`` steps (at least one): step matching."""
+    return max(1, round(steps / math.ceil(n / pair.fit_args["batch_size"])))
+
+
+def teacher_on(pair, data):
+    """What a teacher-based method reads on ``data``: the teacher's logits on its training split,
+    looked up by index, or, when batches are augmented, the teacher model itself (run live)."""
+    return pair.teacher if pair.fit_args.get("augment") else teacher_outputs(pair.teacher, data)
+
+
+def raised_bias(model, data, c, shifts=None):
+    """Hinton et al.'s bias correction for a class ``c`` a student never saw in training: add
+    ``shift`` to its logit, with the shift chosen for the best *validation* accuracy (never test).
+    Returns ``{"shift", "val_acc", "test_acc", "class_acc"}`` after the shift and the same
+    ``*_before`` it; ``class_acc`` is the test accuracy on the samples of class ``c``."""
+    shifts = torch.arange(0, 20.01, 0.25) if shifts is None else torch.as_tensor(shifts, dtype=torch.float32)
+    (zv, yv), (zt, yt) = [(predict(model, x).cpu(), y) for x, y in (data.split("val"), data.split("test"))]
+    bump = torch.zeros(data.classes)
+    bump[c] = 1
+
+    def acc(z, y, shift, only=None):
+        right = (z + shift * bump).argmax(1) == y
+        return right[y == only].float().mean().item() if only is not None else right.float().mean().item()
+
+    val = [acc(zv, yv, s) for s in shifts.tolist()]
+    best = shifts[max(range(len(val)), key=val.__getitem__)].item()  # the first of equal ones: the smallest
+    return {"shift": best, "val_acc": acc(zv, yv, best), "test_acc": acc(zt, yt, best),
+            "class_acc": acc(zt, yt, best, c), "val_acc_before": acc(zv, yv, 0.0),
+            "test_acc_before": acc(zt, yt, 0.0), "class_acc_before": acc(zt, yt, 0.0, c)}
