@@ -2,10 +2,11 @@
 latency and throughput; and shipping it: ``torch.export``, ONNX run by onnxruntime, dynamic int8.
 
 Latencies are taken side by side in one process (:func:`compare`): every entry is warmed up, then
-timed in rounds whose order rotates, so a slow spell of a shared machine falls on every entry
-alike. A latency is the median over all rounds' blocks, with its interquartile range; a ratio of
-two entries is the median of their per-round ratios (:func:`ratio`), which pairs measurements
-taken seconds apart, as :func:`kdnb.plots.paired` pairs seeds.
+timed in rounds of short blocks whose order rotates, so a slow spell of a shared machine falls on
+every entry alike. A latency is the median over the rounds, with its interquartile range; a ratio
+of two entries is the median of their per-round ratios (:func:`ratio`), which pairs measurements
+taken moments apart, as :func:`kdnb.plots.paired` pairs seeds. Only ratios travel between
+machines; a chapter asserts those, never an absolute time.
 """
 import contextlib
 import copy
@@ -174,9 +175,9 @@ def compare(entries, rounds=50, block=2.5e-4, budget=0.5, threads=1, warmup=3, e
     ``torch.utils.benchmark.Timer.timeit`` (CUDA events when ``x`` is on a GPU). Short blocks
     (a quarter of a millisecond: shorter than the slices a busy scheduler hands out, long
     beside the clock's resolution) mostly run uninterrupted, so the median steps over the ones
-    another program cut into; the rotation spreads a slow spell over all entries. An entry whose blocks are slow stops after ``budget`` seconds of
-    blocks (at least 3 rounds). ``fn(x)`` runs under ``torch.inference_mode``, on ``threads``
-    CPU threads. Returns ``{name: Timing}``."""
+    another program cut into; the rotation spreads a slow spell over all entries. An entry whose
+    blocks are slow stops after ``budget`` seconds of blocks (at least 3 rounds). ``fn(x)`` runs
+    under ``torch.inference_mode``, on ``threads`` CPU threads. Returns ``{name: Timing}``."""
     if not isinstance(entries, dict) or not entries:
         raise ValueError(f"entries must be a non-empty dict name -> (fn, x), got "
                          f"{'an empty dict' if isinstance(entries, dict) else type(entries).__name__}")
@@ -252,8 +253,8 @@ class Ratio:
 
 def ratio(a, b):
     """How many times slower ``a`` is than ``b`` (Timings from one :func:`compare` call), from the
-    ratios of their medians in each round: measurements of a round are taken seconds apart, so a
-    slow spell of the machine divides out."""
+    ratios of their blocks in each round: a round's blocks are timed moments apart, so a slow
+    spell of the machine divides out."""
     if not isinstance(a, Timing) or not isinstance(b, Timing):
         raise TypeError(f"a and b must be Timings from one compare() call, got {type(a).__name__} and "
                         f"{type(b).__name__}")
@@ -271,8 +272,9 @@ def example(shape, batch, device=None):
 def costs(models, shape_of, big=256, max_flops=None, device=None, **timing):
     """Every model of ``{name: model}`` measured: parameters, saved file, FLOPs per input and
     latency at batch 1 and at a big batch (``big``, capped by :func:`batch_for` at ``max_flops``
-    per call), all models timed side by side in one :func:`compare` per batch size.
-    ``shape_of``: one input shape for all, or ``{name: shape}``. Returns ``{name: row}``."""
+    per call), all models timed side by side in one :func:`compare` per batch size (``timing``:
+    its arguments). Models are put in eval mode on ``device``. ``shape_of``: one input shape for
+    all, or ``{name: shape}``. Returns ``{name: row}``."""
     device = torch.device(device or "cpu")
     shapes = shape_of if isinstance(shape_of, dict) else {k: shape_of for k in models}
     missing = sorted(set(models) - set(shapes))
@@ -357,7 +359,8 @@ def quiet():
 def export_program(model, x, path):
     """``model`` through ``torch.export`` (batch size dynamic), saved to ``path`` with
     ``torch.export.save`` and loaded back; returns the loaded ``ExportedProgram`` (call it with
-    ``.module()``). A model torch.export can't trace raises :class:`ExportError` naming what fails."""
+    ``.module()``); ``model`` is put in eval mode. A model torch.export can't trace raises
+    :class:`ExportError` naming what fails."""
     check_input(x)
     batch = torch.export.Dim("batch", min=1)
     try:
