@@ -179,6 +179,61 @@ def virtual_teacher_logits(labels, classes, correct_prob=0.9):
     return probs.log()
 
 
+def check_classes(classes):
+    """A class count: an integer >= 2."""
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
+        raise ValueError(f"classes must be an integer >= 2, got {classes!r}")
+    return classes
+
+
+def check_correct_prob(correct_prob, classes, high_open=False):
+    """A virtual teacher's probability on the label: in [1/classes, 1] (``high_open``: below 1).
+    Below 1/classes another class would be likelier than the label."""
+    a = check_number("correct_prob", correct_prob)
+    if a < 1 / classes or a > 1 or (high_open and a == 1):
+        raise ValueError(f"correct_prob must be in [1/classes, 1{')' if high_open else ']'} = [{1 / classes:.4g}, "
+                         f"1{')' if high_open else ']'} for classes={classes} (the label at least as likely as "
+                         f"any other class), got {correct_prob!r}")
+    return a
+
+
+def virtual_teacher_targets(labels, classes, correct_prob=0.9, dtype=None):
+    """Tf-KD's virtual teacher (Yuan et al. 2020) as a distribution, one row per label: probability
+    ``correct_prob`` (a) on the label and (1 − a)/(K − 1) on each of the other K − 1 classes, so
+    every row sums to 1. a = 1/K is the uniform distribution, a = 1 the one-hot label.
+    ``dtype``: the rows' (default: torch's default float dtype)."""
+    classes = check_classes(classes)
+    a = check_correct_prob(correct_prob, classes)
+    if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32, torch.uint8) \
+            or labels.dim() != 1:
+        got = f"{labels.dtype} of shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) \
+            else type(labels).__name__
+        raise TypeError(f"labels must be a 1-D integer tensor of class indices, got {got}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"labels must be in [0, {classes - 1}] for classes={classes}, got values in "
+                         f"[{labels.min().item()}, {labels.max().item()}]")
+    probs = torch.full((len(labels), classes), (1 - a) / (classes - 1), dtype=dtype, device=labels.device)
+    return probs.scatter_(1, labels.long()[:, None], a)
+
+
+def label_smoothing_loss(logits, labels, epsilon):
+    """Cross-entropy with the label-smoothed targets (1 − ε)·onehot + ε/K, batch-averaged:
+    ``F.cross_entropy(logits, labels, label_smoothing=ε)`` written out."""
+    check_logits("logits", logits)
+    check_labels(labels, logits)
+    q = smooth_labels(labels.long(), logits.shape[1], epsilon)
+    return -(q * F.log_softmax(logits, -1)).sum(-1).mean()
+
+
+def virtual_teacher_epsilon(correct_prob, classes, alpha=1.0):
+    """The label smoothing ε that trains like a virtual teacher at T = 1:
+    α·KL(p^v ‖ p) + (1 − α)·CE(p, y) = CE(p, (1 − ε)·onehot + ε/K) − α·H(p^v), with
+    ε = α·K·(1 − a)/(K − 1). Same gradient; the losses differ by the constant α·H(p^v)."""
+    classes = check_classes(classes)
+    a = check_correct_prob(correct_prob, classes)
+    return check_alpha(alpha) * classes * (1 - a) / (classes - 1)
+
+
 def hint_loss(student_features, teacher_features):
     """FitNets hint: mean squared error between (projected) student and teacher features."""
     if student_features.shape != teacher_features.shape:

@@ -3,7 +3,7 @@ from .adversarial import GANKD
 from .base import Loss, Method, Player, Uncacheable, as_method, code_of, describe
 from .features import Hint
 from .hinton import CrossEntropy, Distill, TeacherLabels
-from .teacher_free import VirtualTeacher
+from .teacher_free import LabelSmoothing, VirtualTeacher
 
-__all__ = ["CrossEntropy", "Distill", "GANKD", "Hint", "Loss", "Method", "Player", "TeacherLabels", "Uncacheable",
-           "VirtualTeacher", "as_method", "code_of", "describe"]
+__all__ = ["CrossEntropy", "Distill", "GANKD", "Hint", "LabelSmoothing", "Loss", "Method", "Player", "TeacherLabels",
+           "Uncacheable", "VirtualTeacher", "as_method", "code_of", "describe"]
