@@ -77,3 +77,21 @@ def check_shape(shape):
             isinstance(s, int) and s > 0 for s in shape):
         raise ValueError(f"in_shape must be a non-empty tuple of positive ints, got {shape!r}")
     return tuple(shape)
+
+
+def check_classes(classes):
+    """A class count: an integer >= 2."""
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
+        raise ValueError(f"classes must be an integer >= 2, got {classes!r}")
+    return classes
+
+
+def check_correct_prob(correct_prob, classes, high_open=False):
+    """A virtual teacher's probability on the label: in [1/classes, 1] (``high_open``: below 1).
+    Below 1/classes another class would be likelier than the label."""
+    a = check_number("correct_prob", correct_prob)
+    if a < 1 / classes or a > 1 or (high_open and a == 1):
+        raise ValueError(f"correct_prob must be in [1/classes, 1{')' if high_open else ']'} = [{1 / classes:.4g}, "
+                         f"1{')' if high_open else ']'} for classes={classes} (the label at least as likely as "
+                         f"any other class), got {correct_prob!r}")
+    return a

@@ -10,7 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .checks import check_alpha, check_labels, check_logits, check_number, check_pair, check_T  # noqa: F401
+from .checks import (check_alpha, check_classes, check_correct_prob, check_labels, check_logits,  # noqa: F401
+                     check_number, check_pair, check_T)
 
 
 def soft_targets(logits, T=1.0):
@@ -172,29 +173,8 @@ def smooth_labels(labels, classes, epsilon):
 def virtual_teacher_logits(labels, classes, correct_prob=0.9):
     """Tf-KD's hand-made teacher (Yuan et al. 2020): probability ``correct_prob`` on the right
     class, the rest spread evenly, returned as logits so it plugs into ``hinton_loss``."""
-    check_number("correct_prob", correct_prob, low=1 / classes, high=1, high_open=True)
-    other = (1 - correct_prob) / (classes - 1)
-    probs = torch.full((labels.shape[0], classes), other, device=labels.device)
-    probs.scatter_(1, labels[:, None], correct_prob)
-    return probs.log()
-
-
-def check_classes(classes):
-    """A class count: an integer >= 2."""
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
-        raise ValueError(f"classes must be an integer >= 2, got {classes!r}")
-    return classes
-
-
-def check_correct_prob(correct_prob, classes, high_open=False):
-    """A virtual teacher's probability on the label: in [1/classes, 1] (``high_open``: below 1).
-    Below 1/classes another class would be likelier than the label."""
-    a = check_number("correct_prob", correct_prob)
-    if a < 1 / classes or a > 1 or (high_open and a == 1):
-        raise ValueError(f"correct_prob must be in [1/classes, 1{')' if high_open else ']'} = [{1 / classes:.4g}, "
-                         f"1{')' if high_open else ']'} for classes={classes} (the label at least as likely as "
-                         f"any other class), got {correct_prob!r}")
-    return a
+    check_correct_prob(correct_prob, check_classes(classes), high_open=True)  # a = 1: log 0
+    return virtual_teacher_targets(labels, classes, correct_prob).log()
 
 
 def virtual_teacher_targets(labels, classes, correct_prob=0.9, dtype=None):

@@ -8,23 +8,26 @@ At T = 1 the two are one method: ``VirtualTeacher(a, T=1, alpha=α)`` and
 by the constant α·H(p^v) (``kdnb.losses.virtual_teacher_epsilon``).
 """
 import torch
-import torch.nn.functional as F
 
 from .. import losses
-from ..checks import check_alpha, check_number, check_T
+from ..checks import check_alpha, check_classes, check_correct_prob, check_number, check_T
 from .base import Method
+from .hinton import CrossEntropy
 
 
-class LabelSmoothing(Method):
+class LabelSmoothing(CrossEntropy):
     """Cross-entropy with label-smoothed targets (1 − ε)·onehot + ε/K (Szegedy et al. 2016), one
-    term ``"ls"``. The same loss as ``CrossEntropy(label_smoothing=ε)``, named for what it is."""
+    term ``"ls"``: ``CrossEntropy(label_smoothing=ε)``, named for what it is."""
 
     def __init__(self, epsilon=0.1):
-        super().__init__()
-        self.epsilon = check_number("epsilon", epsilon, low=0, high=1)
+        super().__init__(label_smoothing=check_number("epsilon", epsilon, low=0, high=1))
+
+    @property
+    def epsilon(self):
+        return self.label_smoothing
 
     def losses(self, logits, batch):
-        return {"ls": F.cross_entropy(logits, batch.y, label_smoothing=self.epsilon)}
+        return {"ls": super().losses(logits, batch)["ce"]}
 
 
 class VirtualTeacher(Method):
@@ -47,7 +50,7 @@ class VirtualTeacher(Method):
         """The Hinton loss's teacher table (``kdnb.losses.hinton_targets``) of the K possible virtual
         teachers, ``(2K, K)``: column c is the teacher of a sample labelled c. A step gathers its
         labels' columns; nothing is built per step."""
-        losses.check_correct_prob(self.correct_prob, losses.check_classes(classes), high_open=True)
+        check_correct_prob(self.correct_prob, check_classes(classes), high_open=True)
         labels = torch.arange(classes, device=device)
         probs = losses.virtual_teacher_targets(labels, classes, self.correct_prob, dtype=dtype)
         return losses.hinton_targets(probs.log(), self.T, self.alpha)
