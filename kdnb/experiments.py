@@ -56,7 +56,7 @@ def students(data, method=None, spec=None, seeds=None, profile=None, test_data=N
     test_data = test_data or data
     batch_size = fit_kwargs.get("batch_size", p.batch_size)
     steps = steps or p.steps(len(test_data.y_train))
-    epochs = max(1, round(steps / math.ceil(len(data.y_train) / batch_size)))  # p.epochs_for at this batch size
+    epochs = profiles.epochs_for(len(data.y_train), steps, batch_size)
     kwargs = {"epochs": epochs, "batch_size": p.batch_size, "lr": p.lr, **fit_kwargs}
     name = desc or ("CrossEntropy" if method is None else type(method).__name__ if isinstance(method, nn.Module)
                     else "students")
@@ -115,7 +115,7 @@ def budget(pair, n):
 
 def epochs_for(pair, n, steps):
     """Whole epochs over ``n`` samples closest to ``steps`` steps (at least one): step matching."""
-    return max(1, round(steps / math.ceil(n / pair.fit_args["batch_size"])))
+    return profiles.epochs_for(n, steps, pair.fit_args["batch_size"])
 
 
 def teacher_on(pair, data):

@@ -26,12 +26,14 @@ class Profile:
 
     def steps(self, n_labelled):
         """The students' step budget: ``epochs`` over the labelled split. Every student of a
-        comparison gets it, whatever its training set (``epochs_for``)."""
+        comparison gets it, whatever its training set (:func:`epochs_for`)."""
         return self.epochs * math.ceil(n_labelled / self.batch_size)
 
-    def epochs_for(self, n_train, steps):
-        """Whole epochs over ``n_train`` samples closest to ``steps`` steps (at least one)."""
-        return max(1, round(steps / math.ceil(n_train / self.batch_size)))
+
+def epochs_for(n_train, steps, batch_size):
+    """Whole epochs over ``n_train`` samples in batches of ``batch_size`` closest to ``steps``
+    steps (at least one): how students on training sets of different sizes are step-matched."""
+    return max(1, round(steps / math.ceil(n_train / batch_size)))
 
 
 PROFILES = {
