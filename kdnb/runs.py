@@ -1,0 +1,405 @@
+"""Run a named experiment (:mod:`kdnb.configs`) and keep what it did: ``kdnb run`` and ``kdnb resume``.
+
+``run(name, profile, out=DIR)`` trains the config's teacher (seed 0), then each arm's student once
+per seed, every training with a checkpoint in ``DIR/checkpoints`` saved each epoch (``kdnb.train.fit``),
+each finished model in ``DIR/models``, and at the end ``DIR/results.json`` (the config, every
+history, the final metrics, the machine, the versions, the wall time) and ``DIR/figures``. A killed
+run is resumed by running it again on the same ``DIR`` (``resume``): finished trainings return at
+once from their checkpoints, the interrupted one continues from its last epoch, so the final
+weights equal an uninterrupted run's. Without ``out`` every training goes through the cache
+(``kdnb.train.trained``, the same weights) and nothing is written: what the chapters use.
+"""
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import configs, data as datasets, models, profiles, store
+from .chains import teacher_of
+from .device import default_device
+from .methods import GANKD, CrossEntropy, Distill, Hint
+from .train import evaluate, fit, progress_bar, trained
+
+
+@dataclass(frozen=True)
+class Decay:
+    """Exponential decay per epoch to a floor, ``max(floor, start · rate^epoch)``, as a schedule
+    of ``kdnb.methods.Distill`` (a function of progress in [0, 1] over ``epochs``)."""
+    start: float
+    floor: float
+    rate: float
+    epochs: int
+
+    def __call__(self, progress):
+        return max(self.floor, self.start * self.rate ** round(progress * max(1, self.epochs - 1)))
+
+
+def kd_decay(teacher, data, ctx, T, alpha):
+    return [Distill(teacher_of(teacher, data, ctx["augment"]), Decay(*T, ctx["epochs"]),
+                    Decay(*alpha, ctx["epochs"]))]
+
+
+def fitnets(teacher, data, ctx, hint, guided, T, alpha):
+    """Stage 1: the student's lower layers and a regressor learn the teacher's hint; stage 2: KD
+    from stage 1's weights. Half the arm's epochs each, so FitNets takes the others' steps."""
+    return [Hint(teacher, hint, guided, stage=1), Distill(teacher_of(teacher, data, ctx["augment"]), T, alpha)]
+
+
+# name -> f(teacher model, data, context, **options) -> [method of each stage]; a later stage
+# starts from the weights of the one before. One line here adds a method to the configs.
+METHODS = {
+    "ce": lambda teacher, data, ctx, **o: [CrossEntropy(**o)],
+    "kd": lambda teacher, data, ctx, T, alpha, labels=True: [
+        Distill(teacher_of(teacher, data, ctx["augment"]), T, alpha, labels)],
+    "kd_decay": kd_decay,
+    "gan_kd": lambda teacher, data, ctx, **o: [
+        GANKD(teacher_of(teacher, data, ctx["augment"]), classes=data.classes, seed=ctx["seed"], **o)],
+    "fitnets": fitnets,
+}
+
+
+def results_dir():
+    """Where full runs keep their results: ``$KDNB_RESULTS``, else ``results`` in the kdnb cache."""
+    return Path(os.environ.get("KDNB_RESULTS") or store.cache_dir() / "results")
+
+
+def needs(config, profile):
+    """What kdnb lacks to run ``config`` in ``profile``: data sets, model builders, methods."""
+    s = config.setting(profile)
+    missing = [] if s.data in datasets.NAMES else [f"data set {s.data!r}"]
+    for spec in [s.teacher, *(a.student for a in s.arms)]:
+        problem = configs.spec_problem(spec)
+        if problem and problem not in missing:
+            missing.append(problem)
+    for a in s.arms:
+        if a.method not in METHODS and f"method {a.method!r}" not in missing:
+            missing.append(f"method {a.method!r}")
+    return missing
+
+
+def check_args(name, profile, seeds, epochs):
+    config = configs.get(name)
+    config.setting(profile)
+    for arg, v in (("seeds", seeds), ("epochs", epochs)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{arg} must be a positive integer, got {v!r}")
+    missing = needs(config, profile)
+    if missing:
+        raise ValueError(f"experiment {name!r} can't run in the {profile} profile yet: kdnb lacks "
+                         f"{'; '.join(missing)}")
+    return config
+
+
+def slug(text):
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def plan(name, profile=None, seeds=None, epochs=None):
+    """What a run trains, as JSON: the arguments and the resolved setting. ``$KDNB_SMOKE=1``
+    trains one epoch of everything, like the chapters, and one seed."""
+    profile = profiles.get(profile).name
+    smoke = os.environ.get("KDNB_SMOKE") == "1"
+    epochs = 1 if smoke and epochs is None else epochs
+    seeds = 1 if smoke and seeds is None else seeds
+    config = check_args(name, profile, seeds, epochs)
+    setting = configs.scaled(config.setting(profile), epochs, seeds)
+    return {"experiment": name, "profile": profile, "seeds": list(range(setting.seeds)), "epochs": epochs,
+            "smoke": smoke, "setting": json.loads(json.dumps(asdict(setting)))}
+
+
+def units(setting, n_train):
+    """``[(unit name, arm index, seed, stage, epochs)]`` in the order a run trains them."""
+    out = [("teacher", None, 0, 0, setting["teacher_fit"]["epochs"])]
+    for i, arm in enumerate(setting["arms"]):
+        for seed in range(setting["seeds"]):
+            epochs = arm_epochs(setting, arm, n_train)
+            stages = len(stage_epochs(arm, epochs))
+            for stage, e in enumerate(stage_epochs(arm, epochs)):
+                suffix = f"-stage{stage + 1}" if stages > 1 else ""
+                out.append((f"arm{i:02d}-{slug(arm['name'])}-s{seed}{suffix}", i, seed, stage, e))
+    return out
+
+
+def arm_fit(setting, arm):
+    return {**setting["student_fit"], **arm["fit"]}
+
+
+def arm_epochs(setting, arm, n_train):
+    """The arm's epochs: the setting's over the full labelled split, step-matched on a fraction."""
+    fit_args = arm_fit(setting, arm)
+    if arm["fraction"] == 1:
+        return fit_args["epochs"]
+    steps = fit_args["epochs"] * math.ceil(n_train / fit_args["batch_size"])
+    return profiles.epochs_for(round(arm["fraction"] * n_train), steps, fit_args["batch_size"])
+
+
+def stage_epochs(arm, epochs):
+    if arm["method"] != "fitnets":
+        return [epochs]
+    first = max(1, epochs // 2)
+    return [first, max(1, epochs - first)]
+
+
+def train_unit(unit, spec, data, method, seed, init, fit_args, out, bar):
+    """One training: through the cache without ``out``, else with a checkpoint in it (the same weights)."""
+    if out is None:
+        return trained(spec, data, method, seed=seed, init=init, progress=bar, **fit_args)
+    model = models.build(spec, data.shape, data.classes, seed=seed)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    history = fit(model, data, method, seed=seed, checkpoint=out / "checkpoints" / f"{unit}.ckpt", progress=bar,
+                  **fit_args)
+    store.save({k: v.cpu() for k, v in model.state_dict().items()}, out / "models" / f"{unit}.pt")
+    return model.eval(), history
+
+
+def run(name, profile=None, seeds=None, epochs=None, out=None, progress=None, root=None):
+    """Train experiment ``name`` (``kdnb.configs``) in ``profile`` (default: ``$KDNB_PROFILE``):
+    the first ``seeds`` seeds (default the config's), ``epochs`` for every training (default the
+    config's: a tiny budget for a try-out). With ``out``, checkpoints, models, ``results.json`` and
+    figures go there, and a run started there before is resumed. Returns the results."""
+    job = plan(name, profile, seeds, epochs)
+    if out is not None:
+        out = Path(out)
+        saved = out / "run.json"
+        if saved.exists():
+            before = json.loads(saved.read_text())
+            if before != job:
+                diff = ", ".join(k for k in job if before.get(k) != job[k])
+                raise ValueError(f"out {str(out)!r} holds another run ({diff} differ); resume it with "
+                                 f"`kdnb resume {out}` or pass another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(job, indent=1, ensure_ascii=False))
+    return execute(job, out, progress, root)
+
+
+def resume(out, progress=None, root=None):
+    """Continue the run in ``out`` from its checkpoints, to the result an uninterrupted run gives."""
+    out = Path(out)
+    saved = out / "run.json"
+    if not saved.is_file():
+        raise FileNotFoundError(f"out {str(out)!r} holds no run (no run.json): start one with "
+                                f"`kdnb run NAME --out {out}`")
+    try:
+        job = json.loads(saved.read_text())
+        name, profile, seeds, epochs = job["experiment"], job["profile"], len(job["seeds"]), job["epochs"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(f"out {str(out)!r} holds a run.json that kdnb run did not write; start again with "
+                         f"another --out") from None
+    now = plan(name, profile, seeds, epochs)
+    if now["setting"] != job["setting"]:
+        raise ValueError(f"experiment {job['experiment']!r} has changed since {str(out)!r} was started; its "
+                         f"checkpoints belong to the old config: rerun with another --out")
+    return execute(job, out, progress, root)
+
+
+def execute(job, out, progress, root):
+    t0, setting = time.time(), job["setting"]
+    torch.set_num_threads(profiles.get(job["profile"]).threads)
+    base = datasets.load(setting["data"], root=root)
+    plan_units = units(setting, len(base.y_train))
+    bar = progress_bar(sum(u[-1] for u in plan_units), f"{job['experiment']} ({job['profile']})", progress)
+    histories, trained_models, train_time = {}, {}, 0.0
+    teacher_fit = setting["teacher_fit"]
+    teacher, h = train_unit("teacher", setting["teacher"], base, None, 0, None, teacher_fit, out, bar)
+    histories["teacher"] = h
+    teacher_acc = evaluate(teacher, base.x_test, base.y_test)
+    arms = {}
+    for unit, i, seed, stage, epochs in plan_units[1:]:
+        arm = setting["arms"][i]
+        data = base.subset(arm["fraction"]) if arm["fraction"] < 1 else base
+        fit_args = {**arm_fit(setting, arm), "epochs": epochs}
+        by = teacher if arm["teacher"] == "teacher" else trained_models[(arm["teacher"], seed)]
+        ctx = {"seed": seed, "augment": fit_args.get("augment", False), "epochs": epochs}
+        method = METHODS[arm["method"]](by, data, ctx, **arm["options"])[stage]
+        init = trained_models.get((arm["name"], seed)) if stage else None
+        model, h = train_unit(unit, arm["student"], data, method, seed, init, fit_args, out, bar)
+        histories[unit] = h
+        trained_models[(arm["name"], seed)] = model
+        if out is not None:
+            clock(out, t0)
+        if stage == len(stage_epochs(arm, arm_epochs(setting, arm, len(base.y_train)))) - 1:
+            r = arms.setdefault(arm["name"], {"test_acc": [], "histories": [], "epochs": epochs,
+                                              "steps": epochs * math.ceil(len(data.y_train) / fit_args["batch_size"]),
+                                              "published": arm["published"]})
+            r["test_acc"].append(evaluate(model, base.x_test, base.y_test))
+            r["histories"].append(unit)
+    bar.close()
+    train_time = sum(h["time"][-1] for h in histories.values() if h["time"])
+    config = configs.get(job["experiment"])
+    results = {**job, "description": config.description, "chapter": config.chapter, "seed_document": config.seed,
+               "notes": config.notes, "data": base.sizes(),
+               "teacher": {"test_acc": teacher_acc, "published": config.published_teacher,
+                           "parameters": models.count_params(teacher)},
+               "arms": arms, "histories": histories, "machine": machine(), "versions": versions(),
+               "train_time_s": train_time, "wall_time_s": time.time() - t0,
+               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "figures": []}
+    if out is not None:
+        results["wall_time_s"] = clock(out, t0)
+        results["figures"] = figures(results, out / "figures")
+        (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    return results
+
+
+def clock(out, t0):
+    """This session's wall time so far, saved in ``out`` beside the earlier sessions'; returns
+    the total. A killed session counts up to its last finished training."""
+    path = out / "sessions.json"
+    sessions = json.loads(path.read_text()) if path.exists() else []
+    if not sessions or sessions[-1]["started"] != t0:
+        sessions.append({"started": t0, "wall_s": 0.0})
+    sessions[-1]["wall_s"] = time.time() - t0
+    path.write_text(json.dumps(sessions))
+    return sum(s["wall_s"] for s in sessions)
+
+
+def machine():
+    dev = default_device()
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(dev),
+            "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None}
+
+
+def versions():
+    from importlib.metadata import PackageNotFoundError, version
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("torch", "torchvision", "numpy", "kdnb"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    try:
+        out["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                                    capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        out["git"] = None
+    return out
+
+
+def published_number(text):
+    """The leading percentage of a seed's figure ("98.87 %" → 98.87), or None."""
+    m = re.match(r"\s*≈?\s*([0-9]+(?:\.[0-9]+)?)\s*%", text or "")
+    return float(m.group(1)) if m else None
+
+
+def figures(results, folder):
+    """Learning curves and test accuracies beside the seed's figures, as PNGs in ``folder``."""
+    from matplotlib.figure import Figure  # no pyplot: nothing shown, any backend
+    folder.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(12, 4))
+    a, b = fig.subplots(1, 2)
+    for n, r in results["arms"].items():
+        val = torch.tensor([results["histories"][u]["val_acc"] for u in r["histories"]], dtype=torch.float64)
+        a.plot(range(1, val.shape[1] + 1), 100 * val.mean(0), label=n)
+    a.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"{results['experiment']} ({results['profile']})")
+    a.legend(fontsize=7)
+    a.grid(alpha=0.3)
+    names = list(results["arms"])
+    ours = [100 * mean_std(results["arms"][n]["test_acc"])[0] for n in names]
+    err = [100 * mean_std(results["arms"][n]["test_acc"])[1] for n in names]
+    b.barh(names, ours, xerr=err, color="#37a", label="ours (mean ± std)")
+    theirs = [(i, published_number(results["arms"][n]["published"])) for i, n in enumerate(names)]
+    theirs = [(i, v) for i, v in theirs if v is not None]
+    if theirs:
+        b.plot([v for _, v in theirs], [i for i, _ in theirs], "k|", markersize=18, label="seed's figure")
+    b.set(xlabel="test accuracy (%)", xlim=(max(0, min(ours + [v for _, v in theirs]) - 10), 100))
+    b.legend(loc="lower right")
+    fig.tight_layout()
+    path = folder / "results.png"
+    fig.savefig(path, dpi=100)
+    return [str(path)]
+
+
+def load_results(path):
+    """The results of a finished run: ``path`` is its folder or its results.json."""
+    path = Path(path)
+    file = path / "results.json" if path.is_dir() else path
+    if not file.is_file():
+        state = "an unfinished run (resume it with `kdnb resume`)" if (path / "run.json").exists() else "no run"
+        raise FileNotFoundError(f"path {str(path)!r} holds {state}: no results.json")
+    try:
+        results = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"path {str(file)!r} is not a results file of kdnb run ({err})") from None
+    if not isinstance(results, dict) or "arms" not in results or "experiment" not in results:
+        raise ValueError(f"path {str(file)!r} is not a results file of kdnb run (no experiment and arms)")
+    return results
+
+
+def is_result(results):
+    """A run at the config's own budget: not a smoke run, no epochs or seeds cut."""
+    return not results.get("smoke") and results.get("epochs") is None and \
+        len(results["seeds"]) == configs.get(results["experiment"]).setting(results["profile"]).seeds
+
+
+def find_results(root, profile="full"):
+    """``{experiment: results}`` of the finished runs of ``profile`` at their own budget under
+    ``root`` (each run in a folder of its own), the latest of each experiment."""
+    found = {}
+    for file in sorted(Path(root).glob("**/results.json")) if root and Path(root).is_dir() else []:
+        try:
+            r = load_results(file)
+        except (ValueError, FileNotFoundError):
+            continue
+        if r.get("profile") == profile and r["experiment"] in configs.CONFIGS and is_result(r):
+            if r["experiment"] not in found or r["finished"] > found[r["experiment"]]["finished"]:
+                found[r["experiment"]] = r
+    return found
+
+
+def cell(results, arm):
+    """'mean ± std % (n seeds)' of an arm's test accuracy."""
+    m, sd = mean_std(results["arms"][arm]["test_acc"])
+    n = len(results["arms"][arm]["test_acc"])
+    return f"{100 * m:.1f} ± {100 * sd:.1f} % ({n} seed{'s' * (n > 1)})"
+
+
+def mean_std(values):
+    values = [float(v) for v in values]
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def markdown(rows, header):
+    """A markdown table, as ``kdnb report`` prints it."""
+    cell = lambda c: str(c).replace("|", "\\|")
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(cell, row)) + " |" for row in rows])
+
+
+def rows(config, quick=None, full=None):
+    """Table rows ``[experiment, model, seed's figure, quick, full]`` for ``config``: the teacher
+    then each arm of the full profile's setting, ours from the results given ("not run yet" without)."""
+    def ours(results, arm):
+        if results is None:
+            return "not run yet"
+        if arm == "teacher":
+            return f"{results['teacher']['test_acc']:.1%}"
+        return cell(results, arm) if arm in results["arms"] else "—"
+    out = [[config.name, "teacher", config.published_teacher or "—", ours(quick, "teacher"), ours(full, "teacher")]]
+    arms = {a.name: a for a in config.full.arms}
+    arms.update({a.name: a for a in config.quick.arms if a.name not in arms})
+    for arm in arms.values():
+        out.append([config.name, arm.name, arm.published or "—", ours(quick, arm.name), ours(full, arm.name)])
+    return out
+
+
+def baselines(results):
+    """``{arm: its baseline}``: for each arm, the arm of its run that trains the same student
+    (model, data fraction, fit arguments) with cross-entropy alone, when there is one."""
+    arms = results["setting"]["arms"]
+    same = lambda a, b: (a["student"], a["fraction"], a["fit"]) == (b["student"], b["fraction"], b["fit"])
+    out = {}
+    for a in arms:
+        ref = next((b for b in arms if b["method"] == "ce" and b is not a and same(a, b)), None)
+        if ref is not None and a["method"] != "ce":
+            out[a["name"]] = ref["name"]
+    return out
