@@ -95,10 +95,13 @@ class HintonLoss(torch.autograd.Function):
     ``(..., 2K, B)``; leading dims are the members of a stacked grid, each with its own ``T``
     and ``alpha`` (numbers, or tensors of shape ``s.shape[:-2]``); the loss has shape
     ``s.shape[:-2]``. ``labels=None`` is pure KD, for targets made with α = 1.
+    ``weights`` (``(..., B)`` of 0 and 1; per-member T and α only) drops padded samples: a
+    stacked member whose batch is shorter than the others' averages over its own samples
+    (``kdnb.sweep``'s members on training sets of different sizes).
     tests/test_losses.py checks value and gradient against the written-out loss."""
 
     @staticmethod
-    def forward(ctx, s, targets, labels, T, alpha):
+    def forward(ctx, s, targets, labels, T, alpha, weights=None):
         if s.dtype in (torch.float16, torch.bfloat16):  # logits under CUDA autocast: softmaxes in fp32
             s = s.float()  # (autograd casts the gradient back to the logits' dtype)
         B, K = s.shape[-2:]
@@ -117,19 +120,27 @@ class HintonLoss(torch.autograd.Function):
         # than over a leading one. log p_T and log p come out of one kernel.
         log_p_both = (s.transpose(-1, -2) * scale).log_softmax(-2)
         weighted_q, log_q = targets[..., :K, :], targets[..., K:, :]
-        loss = (weighted_q * (log_q - log_p_both[0])).sum((-2, -1))  # Σ_batch α·T²·KL(q‖p_T)
+        if weights is not None and not per_member:
+            raise ValueError("HintonLoss: weights are for stacked members, whose T and alpha are tensors")
+        kl = weighted_q * (log_q - log_p_both[0])  # α·T²·KL(q‖p_T), per class and sample
+        loss = kl.sum((-2, -1)) if weights is None else (kl.sum(-2) * weights).sum(-1)
         p_both = log_p_both.exp()
         # [α·T·p_T + (1 − α)·p − α·T·q − (1 − α)·onehot(y)] / (α·T + 1 − α): the gradient, times B / that sum.
         # α·T·q is the table's α·T²·q over T: one table row serves the loss and the gradient.
         grad = torch.lerp(p_both[0], p_both[1], mix).addcmul_(weighted_q, q_weight)
         if labels is not None:
             at = labels.unsqueeze(-2)
-            nll = log_p_both[1].gather(-2, at).sum((-2, -1))  # minus Σ_batch CE
+            log_p_y = log_p_both[1].gather(-2, at)  # minus CE, per sample
+            nll = log_p_y.sum((-2, -1)) if weights is None else (log_p_y.squeeze(-2) * weights).sum(-1)
             loss = loss - (1 - alpha) * nll if per_member else loss.sub_(nll, alpha=1 - alpha)
             grad.scatter_add_(-2, at, onehot_weight)
+        n = B
+        if weights is not None:  # padded samples: no loss, no gradient, not counted
+            n = weights.sum(-1)
+            grad, grad_scale = grad * weights.unsqueeze(-2), d / n
         ctx.save_for_backward(grad)
         ctx.grad_scale = grad_scale
-        return loss / B
+        return loss / n
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -138,7 +149,7 @@ class HintonLoss(torch.autograd.Function):
                                "use kdnb.losses._hinton_written_out")
         grad, = ctx.saved_tensors
         scale = grad_loss * ctx.grad_scale
-        return (grad * scale[..., None, None]).transpose(-1, -2), None, None, None, None
+        return (grad * scale[..., None, None]).transpose(-1, -2), None, None, None, None, None
 
 
 def _hinton(student_logits, teacher_logits, labels, T, alpha):

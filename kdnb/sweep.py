@@ -6,10 +6,13 @@ member's weights are stacked along a leading axis (``torch.func.stack_module_sta
 step runs the forward of all members at once (``vmap`` over ``functional_call``), one backward
 of the summed losses (each member's gradient depends on its own loss only) and one optimizer
 step over the stacked tensors (Adam and SGD act element-wise, so this is each member's own
-optimizer). Each member has its own α, T and initial-weight seed and ends with the weights of
+optimizer). Each member has its own α, T and initial-weight seed, and may have its own training
+samples, labels (true, or the teacher's argmax), epochs and teacher; it ends with the weights of
 its best validation epoch, exactly as ``kdnb.train.fit`` with
-``Distill(TeacherCache(teacher_logits), T, alpha)`` would leave it — tests/test_sweep.py checks
-that to float tolerance.
+``Distill(TeacherCache(teacher_logits), T, alpha)`` on its samples would leave it —
+tests/test_sweep.py checks that to float tolerance. Members on training sets of different sizes
+but one step budget (chapter 4's fractions and transfer sets) stack too: their batches are padded
+to one length, and the padding carries no loss and no gradient.
 
 Where stacking doesn't pay (wide layers: each matrix product already keeps the cores busy) the
 members are trained one by one with ``fit`` instead, with a warning; ``bench/sweep.py`` measures
@@ -28,11 +31,17 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from . import losses, models, store
 from .device import autocast, default_device, fits_on
-from .methods import Distill, hinton
+from .methods import Distill, TeacherLabels, hinton
 from .teachers import TeacherCache, logits_of, predict
 from .train import NonFiniteLoss, check_fit_args, data_key, fit, progress_default, training_code
 
 MEMBER_KEYS = ("alpha", "T", "seed")
+# What a member may add, each defaulting to the grid's: its own training samples ("train": indices
+# into data's training split), whose labels it learns ("labels": "true", or "teacher": the
+# teacher's argmax, the hard-label control), its own "epochs", and its own "teacher" (an index
+# into a list of teachers).
+MEMBER_OPTIONS = ("train", "labels", "epochs", "teacher")
+LABELS = ("true", "teacher")
 # Above this many forward FLOPs per member per step, stacking is no faster than one model at a time
 # on a CPU: each matrix product already keeps the core busy. bench/sweep.py --widths (8 members, one
 # thread, shared machine) measured 1.5-1.9x at 2e7 FLOPs (40-256-256-10), 0.8-1.2x at 1.7e8
@@ -66,21 +75,22 @@ class GridResult:
         return self.histories[self.index(alpha, T, seed)]
 
     def rows(self):
-        """One flat dict per member (α, T, seed, best validation accuracy and epoch, last loss),
-        ready for ``pandas.DataFrame``."""
-        return [{**m, "best_val_acc": h["best_val_acc"], "best_epoch": h["best_epoch"],
+        """One flat dict per member (α, T, seed, best validation accuracy and epoch, last loss;
+        ``train`` as its number of samples), ready for ``pandas.DataFrame``."""
+        return [{**{k: (len(v) if k == "train" else v) for k, v in m.items()}, "best_val_acc": h["best_val_acc"], "best_epoch": h["best_epoch"],
                  "final_loss": h["loss"][-1], "final_train_acc": h["train_acc"][-1]}
                 for m, h in zip(self.members, self.histories)]
 
 
-def check_members(members):
+def check_members(members, n_train=None, teachers=1):
     if not isinstance(members, (list, tuple)) or not members:
         raise ValueError(f"members must be a non-empty list of {{'alpha', 'T', 'seed'}} dicts "
                          f"(kdnb.sweep.grid makes one), got {members!r}")
     for i, m in enumerate(members):
         where = f"members[{i}] = {m!r}"
-        if not isinstance(m, dict) or set(m) != set(MEMBER_KEYS):
-            raise ValueError(f"{where}: a member must be a dict with exactly the keys alpha, T, seed")
+        if not isinstance(m, dict) or not set(MEMBER_KEYS) <= set(m) or set(m) - set(MEMBER_KEYS) - set(MEMBER_OPTIONS):
+            raise ValueError(f"{where}: a member must be a dict with exactly the keys alpha, T, seed, and "
+                             f"optionally {', '.join(MEMBER_OPTIONS)}")
         try:
             losses.check_alpha(m["alpha"])
             losses.check_T(m["T"])
@@ -88,6 +98,52 @@ def check_members(members):
             raise type(err)(f"{where}: {err}") from None
         if isinstance(m["seed"], bool) or not isinstance(m["seed"], int) or m["seed"] < 0:
             raise ValueError(f"{where}: seed must be a non-negative integer, got {m['seed']!r}")
+        idx = m.get("train")
+        if idx is not None:
+            if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64 or idx.dim() != 1 or not len(idx):
+                raise ValueError(f"members[{i}]: train must be a non-empty 1-D int64 tensor of indices into "
+                                 f"data's training split, got {idx!r}")
+            if n_train is not None and (idx.min() < 0 or idx.max() >= n_train):
+                raise ValueError(f"members[{i}]: train must hold indices in [0, {n_train - 1}], got values in "
+                                 f"[{idx.min().item()}, {idx.max().item()}]")
+        if m.get("labels", "true") not in LABELS:
+            raise ValueError(f"{where}: labels must be one of {', '.join(map(repr, LABELS))}, got {m['labels']!r}")
+        if m.get("labels") == "teacher" and m["alpha"] != 0:
+            raise ValueError(f"{where}: labels='teacher' is cross-entropy with the teacher's hard labels: "
+                             f"alpha must be 0, got {m['alpha']!r}")
+        if "epochs" in m:
+            try:
+                models.check_positive_int("epochs", m["epochs"])
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{where}: {err}") from None
+        t = m.get("teacher", 0)
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < teachers:
+            raise ValueError(f"{where}: teacher must be an index into the {teachers} teacher(s) given, "
+                             f"in [0, {teachers - 1}], got {t!r}")
+
+
+def member_size(m, n_train):
+    return n_train if m.get("train") is None else len(m["train"])
+
+
+def member_steps(m, n_train, epochs, batch_size):
+    return m.get("epochs", epochs) * math.ceil(member_size(m, n_train) / batch_size)
+
+
+def stacks(members, n_train, epochs, batch_size, schedule, most=None):
+    """Member indices in stacks of similar step counts: a stack runs as long as its longest
+    member, so a member with three times the steps does not keep the others computing. Cosine
+    schedules follow the step count: there, only equal counts share a stack."""
+    steps = [member_steps(m, n_train, epochs, batch_size) for m in members]
+    out = []
+    for i in sorted(range(len(members)), key=lambda i: steps[i]):
+        s, first = steps[i], out[-1][0] if out else None
+        if (out and len(out[-1]) < (most or len(members))
+                and (s == steps[first] if schedule == "cosine" else s <= 1.1 * steps[first])):
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
 
 
 def teacher_table(teacher_logits, data):
@@ -180,7 +236,16 @@ def fit_grid(make_student, data, teacher, members, *, epochs=10, batch_size=64, 
     ``(n_train, classes)`` tensor or a ``TeacherCache``) or the teacher model: its logits are
     then computed once, unless ``augment`` (``fit``'s) is set, when it runs on every augmented
     batch and the members train one by one (stacked members share one batch, so they can't each
-    see their own augmentation).
+    see their own augmentation). A list of teachers is allowed; a member picks one by index.
+
+    A member may also carry its own ``"train"`` (indices into ``data``'s training split: a
+    fraction, a transfer set, a set without a class), ``"labels"`` (``"true"``, or ``"teacher"``:
+    cross-entropy with the teacher's argmax, at ``alpha`` 0), ``"epochs"`` and ``"teacher"``.
+    Member ``i`` then ends exactly as ``fit(student, data.with_train(train), Distill(teacher,
+    T, alpha), epochs=epochs, seed=seed)`` would (``TeacherLabels(teacher)`` for
+    ``labels="teacher"``), to float tolerance: stacked members whose batches differ in length
+    are padded, and the padding carries no loss and no gradient. Members are stacked by step
+    count, so a few long runs don't keep the short ones computing.
 
     ``make_student`` is a model spec dict (``kdnb.profiles.get().student``) or a callable that
     returns a fresh student; member ``i`` starts from the weights it gets under
@@ -197,7 +262,10 @@ def fit_grid(make_student, data, teacher, members, *, epochs=10, batch_size=64, 
     members draw independent masks, so they match ``fit`` in distribution, not bit for bit.
     """
     check_fit_args(nn.Module(), data, epochs, batch_size, lr, weight_decay, optimizer, schedule)  # members come below
-    check_members(members)
+    teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    if not teachers:
+        raise ValueError("teacher must be a teacher, or a non-empty list of them, got []")
+    check_members(members, len(data.y_train), len(teachers))
     if select not in ("best", "last"):
         raise ValueError(f"select must be 'best' or 'last', got {select!r}")
     if vectorize not in ("auto", True, False):
@@ -206,13 +274,13 @@ def fit_grid(make_student, data, teacher, members, *, epochs=10, batch_size=64, 
         models.check_positive_int("max_members_per_chunk", max_members_per_chunk)
     if data_seed is not None and (isinstance(data_seed, bool) or not isinstance(data_seed, int) or data_seed < 0):
         raise ValueError(f"data_seed must be None or a non-negative integer, got {data_seed!r}")
-    if augment and not isinstance(teacher, nn.Module):
+    if augment and not all(isinstance(t, nn.Module) for t in teachers):
         raise ValueError("augment=True needs the teacher model itself as teacher: cached logits are of "
                          "un-augmented inputs")
     if augment and vectorize is True:
         raise ValueError("augment=True can't be stacked (every member would share one augmented batch); "
                          "use vectorize='auto' or False, which train the members one by one")
-    logits = None if augment else teacher_table(teacher, data)  # with augment the teacher runs on every batch
+    tables = None if augment else [teacher_table(t, data) for t in teachers]  # with augment: run on every batch
     build = builder(make_student, data)
     device = torch.device(device) if device else default_device()
     progress = progress_default() if progress is None else progress
@@ -250,24 +318,33 @@ def fit_grid(make_student, data, teacher, members, *, epochs=10, batch_size=64, 
     elif vectorize is False:
         note, vectorized = "trained one by one with kdnb.train.fit (vectorize=False)", False
     else:
-        chunk = max_members_per_chunk or len(members)
-        note = f"stacked: {len(members)} members in {math.ceil(len(members) / chunk)} chunk(s) of at most {chunk}"
+        chunks = stacks(members, len(data.y_train), epochs, batch_size, schedule, max_members_per_chunk)
+        note = f"stacked: {len(members)} members in {len(chunks)} chunk(s) of at most {max(map(len, chunks))}"
         vectorized = True
 
     t0 = time.perf_counter()
-    histories = []
+    histories = [None] * len(members)
     if vectorized:
-        for start in range(0, len(members), chunk):
-            part = slice(start, start + chunk)
-            histories += train_stacked(modules[part], members[part], data, logits, data_seed=data_seed,
-                                       progress=progress, first=start, **fit_kwargs)
+        for part in chunks:
+            got = train_stacked([modules[i] for i in part], [members[i] for i in part], data, tables,
+                                data_seed=data_seed, progress=progress, first=part, **fit_kwargs)
+            for i, h in zip(part, got):
+                histories[i] = h
     else:
         from tqdm.auto import tqdm
-        for m, model in zip(tqdm(members, disable=not progress, leave=False, desc="fit_grid"), modules):
-            source = teacher if augment else TeacherCache(logits)
-            histories.append(fit(model, data, Distill(source, m["T"], m["alpha"]), seed=m["seed"],
-                                 shuffle_seed=data_seed, progress=False, augment=augment, **fit_kwargs))
+        for i, (m, model) in enumerate(zip(tqdm(members, disable=not progress, leave=False, desc="fit_grid"),
+                                           modules)):
+            histories[i] = fit(model, *member_fit(m, data, teachers, tables), seed=m["seed"], shuffle_seed=data_seed,
+                               progress=False, augment=augment, **{**fit_kwargs, "epochs": m.get("epochs", epochs)})
     return GridResult(members, histories, modules, vectorized, note, time.perf_counter() - t0)
+
+
+def member_fit(m, data, teachers, tables):
+    """``(data, method)`` that ``fit`` trains member ``m`` with: what the stacked loop matches."""
+    idx, t = m.get("train"), m.get("teacher", 0)
+    source = teachers[t] if tables is None else TeacherCache(tables[t] if idx is None else tables[t][idx])
+    method = TeacherLabels(source) if m.get("labels") == "teacher" else Distill(source, m["T"], m["alpha"])
+    return (data if idx is None else data.with_train(idx)), method
 
 
 def make_optimizer(params, optimizer, lr, weight_decay, momentum, schedule, total_steps):
@@ -283,11 +360,29 @@ def make_optimizer(params, optimizer, lr, weight_decay, momentum, schedule, tota
     return opt, sched
 
 
-def train_stacked(modules, members, data, teacher_logits, *, epochs, batch_size, lr, weight_decay, optimizer,
-                  momentum, schedule, device, select, data_seed, progress, first=0):
-    """``fit``'s loop for a stack of members (``members[first:first + len(modules)]`` of the grid):
-    returns one ``fit``-style history per member and leaves each module with its selected weights."""
-    n_members = len(members)
+class Shuffle:
+    """The batches of the members that share a shuffle seed and training samples: ``fit``'s
+    (one ``randperm`` of the samples per epoch from a generator seeded like ``fit``'s)."""
+
+    def __init__(self, seed, pool, n_train, batch_size, steps, device):
+        self.g = torch.Generator().manual_seed(seed)
+        self.pool = None if pool is None else pool.to(device)
+        self.n = n_train if pool is None else len(pool)
+        self.per_epoch, self.batch_size, self.steps, self.device = math.ceil(self.n / batch_size), batch_size, steps, device
+
+    def batch(self, step):
+        j = step % self.per_epoch
+        if j == 0 and step < self.steps:
+            perm = torch.randperm(self.n, generator=self.g).to(self.device)
+            self.perm = perm if self.pool is None else self.pool[perm]
+        return self.perm[j * self.batch_size:(j + 1) * self.batch_size]  # past its steps: any batch, unused
+
+
+def train_stacked(modules, members, data, tables, *, epochs, batch_size, lr, weight_decay, optimizer,
+                  momentum, schedule, device, select, data_seed, progress, first):
+    """``fit``'s loop for a stack of members (``first``: their indices in the grid): returns one
+    ``fit``-style history per member and leaves each module with its selected weights."""
+    n_members, n_all = len(members), len(data.y_train)
     for m in modules:
         m.to(device).train()
     params, buffers = stack_module_state(modules)
@@ -300,17 +395,35 @@ def train_stacked(modules, members, data, teacher_logits, *, epochs, batch_size,
     # Each member's share of the Hinton loss that depends on the teacher alone, for every sample
     # (kdnb.losses.hinton_targets), stored sample-major, (n, members, 2 × classes): a step gathers
     # whole rows, not 2 × classes × members strided columns (a tenth of the step when it did).
-    targets = losses.hinton_targets(teacher_logits.to(device), T, alpha).permute(2, 0, 1).contiguous().to(x.device)
+    which = [m.get("teacher", 0) for m in members]
+    logits = tables[which[0]] if len(set(which)) == 1 else torch.stack([tables[t] for t in which])
+    targets = losses.hinton_targets(logits.to(device), T, alpha).permute(2, 0, 1).contiguous().to(x.device)
     member_index = torch.arange(n_members, device=x.device)[:, None]
+    # The labels each member learns: the true ones, or its teacher's argmax (the hard-label control).
+    labels = None
+    if any(m.get("labels") == "teacher" for m in members):
+        labels = y[:, None].repeat(1, n_members)
+        for i, m in enumerate(members):
+            if m.get("labels") == "teacher":
+                labels[:, i] = tables[which[i]].argmax(1).to(y.device)
 
-    # Members that shuffle with the same seed share batches: one generator per distinct seed.
-    shuffle_seeds = [m["seed"] if data_seed is None else data_seed for m in members]
-    seeds = sorted(set(shuffle_seeds))
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
-    group_of = torch.tensor([seeds.index(s) for s in shuffle_seeds])
-    torch.manual_seed(seeds[0])  # dropout masks
+    sizes = [member_size(m, n_all) for m in members]
+    per_epoch = [math.ceil(n / batch_size) for n in sizes]
+    member_epochs = [m.get("epochs", epochs) for m in members]
+    steps = [e * p for e, p in zip(member_epochs, per_epoch)]
+    # Members that shuffle with the same seed over the same samples share batches: one Shuffle each.
+    keys = [(m["seed"] if data_seed is None else data_seed,
+             None if m.get("train") is None else store.tensor_hash(m["train"])) for m in members]
+    distinct = list(dict.fromkeys(keys))
+    group_of = torch.tensor([distinct.index(k) for k in keys], device=x.device)
+    shuffles = []
+    for k in distinct:
+        i = keys.index(k)
+        shuffles.append(Shuffle(k[0], members[i].get("train"), n_all, batch_size,
+                                max(s for s, kk in zip(steps, keys) if kk == k), x.device))
+    torch.manual_seed(distinct[0][0])  # dropout masks
     randomness = "different" if has_dropout(base) else "error"
-    shared = len(seeds) == 1  # then the batch tensors are not stacked at all (in_dims None)
+    shared = len(distinct) == 1  # then the batch tensors are not stacked at all (in_dims None)
     batch_dim = None if shared else 0
 
     def member_logits(p, b, xb):
@@ -321,73 +434,121 @@ def train_stacked(modules, members, data, teacher_logits, *, epochs, batch_size,
     forward_train = vmap(member_logits, in_dims=(0, 0, batch_dim), randomness=randomness)
     forward = vmap(member_logits, in_dims=(0, 0, None), randomness=randomness)
 
-    n = len(y)
-    steps_per_epoch = math.ceil(n / batch_size)
+    total = max(steps)
     opt, sched = make_optimizer([v for v in params.values() if v.requires_grad], optimizer, lr, weight_decay,
-                                momentum, schedule, epochs * steps_per_epoch)
+                                momentum, schedule, total)
     state = {**params, **buffers}
     best = {k: v.detach().clone() for k, v in state.items()}
+    has_val = len(data.y_val) > 0
     best_acc = torch.full((n_members,), -1.0, device=device)
     best_epoch = torch.full((n_members,), -1, device=device)
-    per_epoch = {"loss": [], "train_acc": [], "val_acc": [], "lr": [], "time": []}
+    # Per-member histories, filled on the device at each member's epoch ends: no host sync a step.
+    longest = max(member_epochs)
+    record = {k: torch.zeros(n_members, longest, dtype=torch.float64, device=device)
+              for k in ("loss", "train_acc", "val_acc")}
+    times, rates = [[] for _ in members], [[] for _ in members]
+    ends = {}  # step -> (members whose epoch ends there, which epoch)
+    for i, (p, e) in enumerate(zip(per_epoch, member_epochs)):
+        for epoch in range(e):
+            ends.setdefault((epoch + 1) * p - 1, []).append((i, epoch))
+    sizes_t = torch.tensor(sizes, dtype=torch.float64, device=device)
+    per_epoch_t = torch.tensor(per_epoch, dtype=torch.float64, device=device)
+    steps_t = torch.tensor(steps, device=device)
+    loss_sum = torch.zeros(n_members, dtype=torch.float64, device=device)
+    correct = torch.zeros(n_members, dtype=torch.float64, device=device)
+    first_bad = torch.full((n_members,), -1, device=device)
+    check_every = max(per_epoch)
 
     from tqdm.auto import tqdm
-    bar = tqdm(range(epochs), disable=not progress, leave=False, desc=f"fit_grid {n_members} members")
-    elapsed = 0.0
-    for epoch in bar:
-        t0 = time.perf_counter()
-        perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(x.device)
-        if not shared:
-            perms = perms[group_of.to(x.device)]
-        step_losses, correct = [], torch.zeros(n_members, device=device)
-        for i in range(0, n, batch_size):
-            idx = perms[0, i:i + batch_size] if shared else perms[:, i:i + batch_size]
-            xb, yb = x[idx].to(device), y[idx].to(device)
-            if shared:
-                tb, yb = targets.index_select(0, idx).permute(1, 2, 0).to(device), yb.expand(n_members, -1)
-            else:
-                tb = targets[idx, member_index].transpose(1, 2).to(device)
-            with autocast(device):
-                out = forward_train(params, buffers, xb)
-            loss = losses.HintonLoss.apply(out, tb, yb, T, alpha)
-            opt.zero_grad(set_to_none=True)
-            loss.sum().backward()  # member i's parameters get the gradient of member i's loss only
-            opt.step()
-            sched.step()
-            step_losses.append(loss.detach().float())
-            correct += (out.argmax(-1) == yb).sum(-1)
-        step_losses = torch.stack(step_losses)  # (steps, members); one host sync per epoch, as in fit
-        bad = ~torch.isfinite(step_losses)
-        if bad.any():
-            s, i = bad.nonzero()[0].tolist()
-            raise NonFiniteLoss(f"loss of members[{first + i}] = {members[i]} became non-finite at step {s} of epoch "
-                                f"{epoch}; lr {opt.param_groups[0]['lr']:.3g}. Lower lr or check the inputs.")
-        val_acc = evaluate_stacked(forward, base, params, buffers, data.x_val, data.y_val, device)
-        elapsed += time.perf_counter() - t0
-        improved = torch.ones_like(val_acc, dtype=torch.bool) if select == "last" else val_acc > best_acc
-        with torch.no_grad():
-            for k, v in state.items():
-                best[k][improved] = v[improved]
-        best_acc = torch.where(improved, val_acc, best_acc)
-        best_epoch = torch.where(improved, torch.full_like(best_epoch, epoch), best_epoch)
-        per_epoch["loss"].append(step_losses.mean(0).tolist())
-        per_epoch["train_acc"].append((correct.double() / n).tolist())  # as fit: count / n in double
-        per_epoch["val_acc"].append(val_acc.tolist())
-        per_epoch["lr"].append([opt.param_groups[0]["lr"]] * n_members)
-        per_epoch["time"].append([elapsed] * n_members)
+    bar = tqdm(total=total, disable=not progress, leave=False, desc=f"fit_grid {n_members} members", unit="step")
+    t0 = time.perf_counter()
+    for s in range(total):
+        rows = [sh.batch(s) for sh in shuffles]
+        length = max(len(r) for r in rows)
+        weights = None
+        if any(len(r) != length for r in rows):  # shorter batches: pad with any sample, weighted 0
+            weights = torch.stack([torch.arange(length, device=x.device) < len(r) for r in rows]).float()
+            rows = [torch.cat([r, r.new_zeros(length - len(r))]) for r in rows]
+        if shared:
+            idx = rows[0]
+            xb = x.index_select(0, idx).to(device)
+            tb = targets.index_select(0, idx).permute(1, 2, 0).to(device)
+            truth = y[idx].expand(n_members, -1).to(device)
+            yb = truth if labels is None else labels[idx].T.to(device)
+        else:
+            idx = torch.stack(rows)[group_of]
+            xb = x[idx].to(device)
+            tb = targets[idx, member_index].transpose(1, 2).to(device)
+            truth = y[idx].to(device)
+            yb = truth if labels is None else labels[idx, member_index].to(device)
+            if weights is not None:
+                weights = weights[group_of]
+        weights = None if weights is None else weights.to(device)
+        with autocast(device):
+            out = forward_train(params, buffers, xb)
+        loss = losses.HintonLoss.apply(out, tb, yb, T, alpha, weights)
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()  # member i's parameters get the gradient of member i's loss only
+        opt.step()
+        sched.step()
+        step_loss = loss.detach().double()
+        loss_sum += step_loss
+        right = out.argmax(-1) == truth  # as fit: against the true labels, whatever the member learns
+        correct += (right.sum(-1) if weights is None else (right * weights).sum(-1)).double()
+        first_bad = torch.where(~torch.isfinite(step_loss) & (steps_t > s) & (first_bad < 0), s, first_bad)
+        if (s + 1) % check_every == 0 or s + 1 == total:  # one host sync per longest epoch, as in fit
+            check_finite(first_bad, members, first, per_epoch, opt)
+        if s in ends:
+            done, epoch = zip(*ends[s])
+            j = torch.tensor(done, device=device)
+            e = torch.tensor(epoch, device=device)
+            if len(done) == n_members:
+                val = evaluate_stacked(forward, base, params, buffers, data.x_val, data.y_val, device)
+            else:  # only the members whose epoch ends: a short training set ends one every few steps
+                val = evaluate_stacked(forward, base, {k: v[j] for k, v in params.items()},
+                                       {k: v[j] for k, v in buffers.items()}, data.x_val, data.y_val, device)
+            record["loss"][j, e] = loss_sum[j] / per_epoch_t[j]
+            record["train_acc"][j, e] = correct[j] / sizes_t[j]  # as fit: count / n in double
+            record["val_acc"][j, e] = val.double()
+            loss_sum[j], correct[j] = 0.0, 0.0
+            improved = val > best_acc[j] if select == "best" and has_val else torch.ones_like(j, dtype=torch.bool)
+            with torch.no_grad():
+                for k, v in state.items():
+                    keep = improved.view(-1, *[1] * (v.dim() - 1))
+                    best[k][j] = torch.where(keep, v[j], best[k][j])
+            best_acc[j] = torch.where(improved, val, best_acc[j])
+            best_epoch[j] = torch.where(improved, e, best_epoch[j])
+            now, rate = time.perf_counter() - t0, opt.param_groups[0]["lr"]
+            for i in done:
+                times[i].append(now)
+                rates[i].append(rate)
+        bar.update()
     bar.close()
 
     histories = []
+    record = {k: v.tolist() for k, v in record.items()}
     for i, model in enumerate(modules):
-        # No validation split: nothing was selected, so the member keeps its last weights (as in fit).
-        chosen = best if best_epoch[i] >= 0 else state
-        model.load_state_dict({k: v[i].detach().clone() for k, v in chosen.items()})
+        model.load_state_dict({k: v[i].detach().clone() for k, v in best.items()})
         model.train()
-        h = {"epoch": list(range(epochs)), **{k: [row[i] for row in v] for k, v in per_epoch.items()}}
-        h["best_epoch"] = int(best_epoch[i])
-        h["best_val_acc"] = float(best_acc[i]) if best_epoch[i] >= 0 else -1.0
+        e = member_epochs[i]
+        h = {"epoch": list(range(e)), **{k: v[i][:e] for k, v in record.items()}, "lr": rates[i], "time": times[i]}
+        if not has_val:
+            h["val_acc"] = [float("nan")] * e
+        # No validation split: nothing was selected, so the member keeps its last weights (as in fit).
+        h["best_epoch"] = int(best_epoch[i]) if has_val else -1
+        h["best_val_acc"] = float(best_acc[i]) if has_val else -1.0
         histories.append(h)
     return histories
+
+
+def check_finite(first_bad, members, first, per_epoch, opt):
+    bad = (first_bad >= 0).nonzero().flatten().tolist()
+    if bad:
+        i = min(bad, key=lambda i: int(first_bad[i]))
+        s = int(first_bad[i])
+        raise NonFiniteLoss(f"loss of members[{first[i]}] = {members[i]} became non-finite at step "
+                            f"{s % per_epoch[i]} of epoch {s // per_epoch[i]}; lr {opt.param_groups[0]['lr']:.3g}. "
+                            f"Lower lr or check the inputs.")
 
 
 @torch.no_grad()
@@ -416,16 +577,22 @@ def trained_grid(spec, data, teacher, members, *, key=None, **fit_grid_kwargs):
     whose models are on the default device in eval mode."""
     if not isinstance(spec, dict):
         raise TypeError(f"spec must be a model spec dict (kdnb.models.build), got {type(spec).__name__}")
-    check_members(members)
+    teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    check_members(members, len(data.y_train), len(teachers))
     # A teacher model is named by its weights: its logits would cost a pass over the training split
     # here and another in fit_grid (with augment, fit_grid never needs them at all).
-    if isinstance(teacher, nn.Module):
-        teacher_key = store.tensor_hash(*teacher.state_dict().values(), text=repr(teacher))
-    else:
-        teacher = teacher_table(teacher, data)
-        teacher_key = store.tensor_hash(teacher)
+    keys = []
+    for i, t in enumerate(teachers):
+        if isinstance(t, nn.Module):
+            keys.append(store.tensor_hash(*t.state_dict().values(), text=repr(t)))
+        else:
+            teachers[i] = teacher_table(t, data)
+            keys.append(store.tensor_hash(teachers[i]))
+    teacher = teachers if isinstance(teacher, (list, tuple)) else teachers[0]
+    described = [{**m, "train": store.tensor_hash(m["train"])} if m.get("train") is not None else dict(m)
+                 for m in members]  # a member's samples by their indices' checksum
     config = {"spec": spec, "code": training_code(hinton, sys.modules[__name__]), "data": data_key(data),
-              "teacher": teacher_key, "members": list(members),
+              "teacher": keys if isinstance(teacher, list) else keys[0], "members": described,
               "fit": {k: v for k, v in fit_grid_kwargs.items() if k not in ("device", "progress")}, "extra": key}
 
     def compute():

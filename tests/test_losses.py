@@ -258,6 +258,27 @@ def test_hinton_node_trains_a_stack_of_members_each_with_its_own_T_and_alpha(wit
         torch.testing.assert_close(g[i], g_ref[i], rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_hinton_node_weights_drop_padded_samples(with_labels):
+    # A stacked member whose batch is shorter is padded: its loss and gradient are those of its own samples.
+    M, B, keep = 3, 12, [12, 7, 1]
+    s, t = logits(n=M * B, seed=14).view(M, B, 10).requires_grad_(), logits(n=B, seed=15)
+    y = torch.randint(0, 10, (M, B), generator=torch.Generator().manual_seed(2))
+    T, alpha = torch.tensor([4.0, 1.0, 2.0], dtype=s.dtype), torch.tensor([0.9, 0.0, 0.5], dtype=s.dtype)
+    w = torch.stack([torch.arange(B) < k for k in keep]).to(s.dtype)
+    targets = losses.hinton_targets(t, T, alpha if with_labels else torch.ones_like(T))
+    out = losses.HintonLoss.apply(s, targets, y if with_labels else None, T, alpha, w)
+    g, = torch.autograd.grad(out.sum(), s)
+    for i, k in enumerate(keep):
+        ref = losses._hinton_written_out(s[i, :k], t[:k], y[i, :k] if with_labels else None, T[i].item(),
+                                         alpha[i].item())
+        g_ref, = torch.autograd.grad(ref, s)
+        assert out[i].item() == pytest.approx(ref.item(), rel=1e-12, abs=1e-12)
+        torch.testing.assert_close(g[i], g_ref[i], rtol=1e-10, atol=1e-14)  # zero on the padding
+    with pytest.raises(ValueError, match="weights are for stacked members"):
+        losses.HintonLoss.apply(s[0], losses.hinton_targets(t, 4.0, 0.9), y[0], 4.0, 0.9, w[0])
+
+
 def test_hinton_node_refuses_a_second_derivative():
     s, t = logits(seed=10).requires_grad_(), logits(seed=11)
     with pytest.raises(RuntimeError, match="no second derivative"):

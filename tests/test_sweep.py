@@ -220,3 +220,83 @@ def test_full_profile_grid_is_seed_001s_cifar_pair(tmp_path, monkeypatch):
     r = sweep.fit_grid(pair.student, pair.data, pair.teacher, sweep.grid([0.5], [4]), device="cpu", **pair.fit_args)
     assert not r.vectorized and "BatchNorm2d" in r.note
     assert len(r.histories[0]["val_acc"]) == 1
+
+
+# --- members with their own samples, labels, epochs and teachers (chapter 4's fractions, transfer
+# sets and controls in one grid): each still ends as fit would leave it ---
+
+def mixed_members(data):
+    n = len(data.y_train)
+    g = torch.Generator().manual_seed(3)
+    few = torch.randperm(n, generator=g)[:50].sort().values  # 2 batches of 32: 32 + 18
+    most = torch.arange(n - 100)  # 8 batches, the last 4 short of the full data's
+    return [{"alpha": 0.9, "T": 4, "seed": 0, "train": few, "epochs": 9},  # about step-matched
+            {"alpha": 0.0, "T": 1, "seed": 1, "train": few, "epochs": 9, "labels": "teacher"},
+            {"alpha": 1.0, "T": 2, "seed": 0, "train": most, "epochs": 2},
+            {"alpha": 0.0, "T": 1, "seed": 2, "epochs": 2, "teacher": 1},
+            {"alpha": 0.5, "T": 4, "seed": 1, "epochs": 2, "teacher": 1}]
+
+
+def test_members_with_their_own_samples_labels_epochs_and_teachers_match_fit(data, teacher):
+    other = teacher.flip(0)  # a second teacher: another row per sample
+    members = mixed_members(data)
+    r = sweep.fit_grid(MLP, data, [teacher, other], members, **FAST)
+    assert r.vectorized
+    for m, h, model in zip(members, r.histories, r.models):
+        d, method = sweep.member_fit(m, data, [teacher, other], [teacher, other])
+        ref = models.build(MLP, data.shape, data.classes, seed=m["seed"])
+        ref_h = fit(ref, d, method, seed=m["seed"], **{**FAST, "epochs": m["epochs"]})
+        assert len(h["val_acc"]) == m["epochs"]
+        assert_same_member(h, model, ref_h, ref)
+
+
+def test_member_fit_is_what_a_member_means(data, teacher):
+    m = mixed_members(data)[1]
+    d, method = sweep.member_fit(m, data, [teacher], [teacher])
+    assert torch.equal(d.x_train, data.x_train[m["train"]]) and torch.equal(d.x_val, data.x_val)
+    assert type(method).__name__ == "TeacherLabels"
+    assert torch.equal(method.teacher.logits, teacher[m["train"]])  # looked up by the subset's own index
+
+
+def test_stacks_group_members_by_step_count(data):
+    n = len(data.y_train)
+    members = [{"alpha": 0, "T": 1, "seed": 0, "epochs": e} for e in (3, 30, 3, 32)]
+    assert sweep.stacks(members, n, 3, 32, "constant") == [[0, 2], [1, 3]]
+    assert sweep.stacks(members, n, 3, 32, "cosine") == [[0, 2], [1], [3]]
+    assert sweep.stacks(members, n, 3, 32, "constant", most=1) == [[0], [2], [1], [3]]
+
+
+def test_one_by_one_fallback_takes_members_own_samples(data, teacher):
+    members = mixed_members(data)[:3]
+    stacked = sweep.fit_grid(MLP, data, teacher, members, **FAST)
+    alone = sweep.fit_grid(MLP, data, teacher, members, vectorize=False, **FAST)
+    for a, b, ma, mb in zip(stacked.histories, alone.histories, stacked.models, alone.models):
+        assert_same_member(a, ma, b, mb)
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"train": [0, 1]}, r"members\[1\]: train must be a non-empty 1-D int64 tensor"),
+    ({"train": torch.tensor([0, 10 ** 6])}, r"members\[1\]: train must hold indices in \[0, \d+\]"),
+    ({"labels": "soft"}, r"labels must be one of 'true', 'teacher', got 'soft'"),
+    ({"labels": "teacher"}, r"labels='teacher' is cross-entropy .* alpha must be 0, got 0.5"),
+    ({"epochs": 0}, r"members\[1\].*epochs must be a positive integer"),
+    ({"teacher": 1}, r"teacher must be an index into the 1 teacher\(s\) given, in \[0, 0\], got 1"),
+    ({"lr": 1e-3}, r"exactly the keys alpha, T, seed, and optionally train, labels, epochs, teacher"),
+])
+def test_bad_member_options_are_named(data, teacher, extra, match):
+    with pytest.raises(ValueError, match=match):
+        sweep.fit_grid(MLP, data, teacher, [{"alpha": 0.5, "T": 4, "seed": 0},
+                                            {"alpha": 0.5, "T": 4, "seed": 0, **extra}], **FAST)
+
+
+def test_trained_grid_keys_a_members_samples(small, teacher, fresh_cache, monkeypatch):
+    n = len(small.y_train)
+    member = lambda idx: [{"alpha": 0.5, "T": 4, "seed": 0, "train": idx}]
+    first = sweep.trained_grid(MLP, small, teacher, member(torch.arange(n - 10)), **FAST)
+    calls = []
+    real = sweep.fit_grid
+    monkeypatch.setattr(sweep, "fit_grid", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = sweep.trained_grid(MLP, small, teacher, member(torch.arange(n - 10)), **FAST)
+    assert not calls and again.histories == first.histories  # equal indices: a hit
+    sweep.trained_grid(MLP, small, teacher, member(torch.arange(10, n)), **FAST)
+    assert calls == [1]  # as many samples, other ones: trained
