@@ -1,0 +1,137 @@
+"""The capacity gap (chapter 6): a ladder of convnets of 2 to 10 conv layers, teachers and
+students of each other, and teacher → assistant → student chains (Mirzadeh et al. 2020, TAKD).
+
+Every stage of every path is a :mod:`kdnb.chains` stage, so each is cached on its own: a path
+``(10, 6, 2)`` for seed ``s`` trains the 10-layer model from scratch, distils the 6-layer one
+from it and the 2-layer one from that; ``(10, 8, 2)`` then retrains only what differs (the
+10-layer model comes from the cache). Every model of a seed's paths starts from that seed, so a
+seed is one whole replicate of the experiment, teachers included, and students of one size
+compared across paths share their initial weights and batches (paired differences).
+
+The profile's settings are :data:`SETTINGS` (read with :func:`settings`); the quick ones are
+sized for a CPU in about a minute of training.
+"""
+import os
+
+import torch
+
+from . import profiles
+from .chains import Link, Root, chain
+from .checks import check_alpha, check_T, check_positive_int
+from .data import load
+from .losses import soft_targets
+from .teachers import predict
+from .train import progress_bar
+
+SETTINGS = {
+    # MNIST-1D, 1-D convnets with batch norm (without it the deeper ones train worse than the
+    # shallow ones in a short budget) and a first width of 4 channels, doubled every second
+    # layer: 2 layers see 7 samples of a 40-long signal through 4 channels, 10 layers see all of
+    # it through 64. Adam, cosine, ~7 epochs: about 200 steps a model, ~50 models.
+    "quick": {"data": "mnist1d", "depths": (2, 4, 6, 8, 10),
+              "spec": {"name": "convnet", "width": 4, "norm": True, "hidden": 32},
+              "fit": {"epochs": 7, "batch_size": 128, "lr": 1e-2, "schedule": "cosine"},
+              "cells": ((0.5, 2.0), (0.9, 4.0))},
+    # Seed 001 exp 6: CIFAR-10, 2-D convnets of 2-10 conv layers, SGD for 100 epochs, regularised
+    # (weight decay, augmentation, batch norm).
+    "full": {"data": "cifar10", "depths": (2, 4, 6, 8, 10),
+             "spec": {"name": "convnet", "width": 32, "norm": True, "hidden": 128},
+             "fit": {"epochs": 100, "batch_size": 128, "lr": 0.05, "optimizer": "sgd",
+                     "weight_decay": 5e-4, "schedule": "cosine", "augment": True},
+             "cells": ((0.5, 2.0), (0.9, 4.0))},
+}
+
+
+def settings(profile=None):
+    """The chapter's settings for ``profile`` (default: ``kdnb.profiles.get()``): a copy of
+    :data:`SETTINGS` for its name, with ``seeds`` from the profile. ``$KDNB_SMOKE=1`` trains one
+    epoch, as ``profiles.get`` does."""
+    p = profiles.get(profile)
+    if p.name not in SETTINGS:
+        raise ValueError(f"profile must be one of {', '.join(SETTINGS)} for the capacity ladder, got {p.name!r}")
+    s = {**SETTINGS[p.name], "seeds": tuple(p.seeds)}
+    s["fit"] = {**s["fit"], **({"epochs": 1} if os.environ.get("KDNB_SMOKE") == "1" else {})}
+    return s
+
+
+def spec(depth, profile=None):
+    """The ladder's model spec with ``depth`` conv layers."""
+    check_positive_int("depth", depth)
+    return {**settings(profile)["spec"], "depth": depth}
+
+
+def check_path(path):
+    if isinstance(path, (str, bytes)) or not hasattr(path, "__iter__"):
+        raise TypeError(f"path must be a sequence of depths, teacher first, got {path!r}")
+    path = tuple(path)
+    if not path:
+        raise ValueError("path must hold at least one depth (the teacher's), got ()")
+    for d in path:
+        check_positive_int("path depth", d)
+    return path
+
+
+def run_path(path, seed, data, alpha, T, *, profile=None, progress=None):
+    """One chain of the ladder: the ``path[0]``-layer model trained from scratch with
+    cross-entropy, then each later depth distilled from the one before at ``alpha`` and ``T``,
+    every stage from ``seed``. Returns ``[(model, history), ...]``, one per depth of ``path``."""
+    path = check_path(path)
+    check_alpha(alpha)
+    check_T(T)
+    s = settings(profile)
+    links = [Link(spec(d, profile), T=float(T), alpha=float(alpha), seed=seed) for d in path[1:]]
+    return chain(Root(spec(path[0], profile), seed=seed), data, links, progress=progress, **s["fit"])
+
+
+def run_paths(paths, data, alpha, T, *, seeds=None, profile=None, desc="paths", progress=None):
+    """:func:`run_path` for every path and seed under one progress bar. Returns ``{path: [the
+    last model of each seed]}`` and ``{path: [its history for each seed]}``."""
+    s = settings(profile)
+    seeds = s["seeds"] if seeds is None else tuple(seeds)
+    paths = [check_path(p) for p in paths]
+    bar = progress_bar(len(seeds) * sum(len(p) for p in paths) * s["fit"]["epochs"], desc, progress)
+    models, histories = {}, {}
+    for p in paths:
+        for seed in seeds:
+            model, history = run_path(p, seed, data, alpha, T, profile=profile, progress=bar)[-1]
+            models.setdefault(p, []).append(model)
+            histories.setdefault(p, []).append(history)
+    bar.close()
+    return models, histories
+
+
+def load_data(profile=None, root=None):
+    """The ladder's data set."""
+    return load(settings(profile)["data"], root=root)
+
+
+def mean_entropy(logits, T=1.0):
+    """Mean entropy (nats) of ``softmax(logits / T)`` over the rows: how soft soft targets are."""
+    p = soft_targets(logits.float(), check_T(T))
+    return -(p * p.clamp_min(1e-30).log()).sum(1).mean().item()
+
+
+def agreement(student, teacher, x):
+    """Fraction of inputs ``x`` on which the two models predict the same class (top-1)."""
+    a, b = predict(student, x).argmax(1), predict(teacher, x).argmax(1)
+    return (a == b.to(a.device)).float().mean().item()
+
+
+def soft_kl(student, teacher, x, T):
+    """Mean KL(teacher_T || student_T) on ``x`` (nats): how far a student is from its teacher's
+    soft targets at temperature ``T``."""
+    log_s = torch.log_softmax(predict(student, x).float() / check_T(T), 1)
+    log_t = torch.log_softmax(predict(teacher, x).float().to(log_s.device) / T, 1)
+    return (log_t.exp() * (log_t - log_s)).sum(1).mean().item()
+
+
+def receptive_field(model):
+    """How many input samples (per axis) one output of the model's last conv layer sees, walking
+    its convs and pools in order (the global pool after them sees everything they see)."""
+    rf, jump = 1, 1
+    for m in model.modules():
+        if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.modules.pooling._MaxPoolNd)):
+            k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+            s = m.stride if isinstance(m.stride, int) else m.stride[0]
+            rf, jump = rf + (k - 1) * jump, jump * s
+    return rf
