@@ -245,7 +245,7 @@ CONFIGS = {c.name: c for c in [
         quick=Setting("mnist1d", Q_TEACHER, Q_TEACHER_FIT, Q_FIT,
                       (Arm("alone", Q_MLP), Arm("KD fixed", Q_MLP, "kd", kd(0.5, 0.7)),
                        Arm("KD scheduled", Q_MLP, "kd_decay", {"T": [0.5, 0.3, 0.95], "alpha": [0.8, 0.5, 0.95]}))),
-        full=Setting("cifar10", {"name": "resnet50", "cifar_stem": True}, CIFAR_TEACHER_FIT, CIFAR_FIT,
+        full=Setting("cifar10", {"name": "resnet50_cifar"}, CIFAR_TEACHER_FIT, CIFAR_FIT,
                      (Arm("alone", CIFAR_TEACHER, published="75.06 %"),
                       Arm("KD fixed", CIFAR_TEACHER, "kd", kd(0.5, 0.7), published="76.8 % (with features)"),
                       Arm("KD scheduled", CIFAR_TEACHER, "kd_decay",
