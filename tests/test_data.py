@@ -253,3 +253,84 @@ def test_default_root_comes_from_kdnb_data(tmp_path, monkeypatch):
     assert data.data_root() == tmp_path
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         load("mnist")
+
+
+# --- notMNIST: a folder of letter images, read through ImageFolder -------------------------------
+
+def write_notmnist(root, per_class=5, letters="ABCDEFGHIJ", folder="notMNIST_small", size=28):
+    """Tiny grey PNGs, one sub-folder per letter; pixel (0, 0) holds the class, (0, 1) the sample."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c, letter in enumerate(letters):
+        (root / folder / letter).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, size=(size, size), dtype=np.uint8)
+            pixels[0, 0], pixels[0, 1] = 20 * c, i
+            Image.fromarray(pixels, mode="L").save(root / folder / letter / f"{letter}{i}.png")
+    return root / folder
+
+
+def test_notmnist_reads_a_folder_of_letters(tmp_path):
+    write_notmnist(tmp_path, per_class=10)
+    d = load("notmnist", root=tmp_path, seed=0)
+    assert (d.name, d.classes, d.shape) == ("notmnist", 10, (1, 28, 28))
+    assert d.sizes() == {"train": 70, "val": 10, "test": 20}  # a fixed stratified 20 % test split
+    assert class_counts(d.y_test).tolist() == [2] * 10
+    # Each image keeps its own label (its class is written in pixel (0, 0)), after normalisation.
+    for x, y in ((d.x_train, d.y_train), (d.x_test, d.y_test)):
+        raw = x[:, 0, 0, 0] * d.std.flatten() + d.mean.flatten()
+        assert torch.allclose(raw * 255, 20 * y.float(), atol=1e-3)
+    again = load("notmnist", root=tmp_path, seed=1)
+    assert torch.equal(again.x_test, d.x_test) and row_set(again.x_val) != row_set(d.x_val)
+    assert "notmnist" in data.NAMES
+
+
+def test_notmnist_skips_unreadable_files_and_says_how_many(tmp_path):
+    folder = write_notmnist(tmp_path, per_class=3)
+    (folder / "C" / "broken.png").write_bytes(b"not a png")  # notMNIST_small ships a few of these
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file\(s\) of 31, e\.g\. .*broken\.png"):
+        d = load("notmnist", root=tmp_path)
+    assert sum(d.sizes().values()) == 30
+
+
+@pytest.mark.parametrize("layout, error, match", [
+    ("missing", FileNotFoundError, r"data set 'notmnist' not found: no folder notMNIST, notMNIST_small, "
+                                   r"notMNIST_large under '.*'; expected one sub-folder per letter A, B, …, J"),
+    ("empty", FileNotFoundError, r"notMNIST folder '.*notMNIST' is empty; expected one sub-folder per letter"),
+    ("files only", ValueError, r"must hold exactly the class folders A, B, C, D, E, F, G, H, I, J; found no "
+                               r"folders, only files \(a.png\)"),
+    ("digits", ValueError, r"must hold exactly the class folders A, .*, J; found folders 0, 1, 2, 3, 4, 5, 6, 7, "
+                           r"8, 9$"),
+    ("five letters", ValueError, r"found folders A, B, C, D, E$"),
+    ("one level down", ValueError, r"found folders notMNIST_small; it looks like the data set is one level "
+                                   r"down, in '.*notMNIST/notMNIST_small'"),
+    ("a class without images", FileNotFoundError, r"has no images in class folders D; expected"),
+    ("wrong size", ValueError, r"notMNIST images must be 28×28, got 32×32 in '.*A0\.png'"),
+])
+def test_notmnist_layout_errors_say_what_was_found_and_what_is_expected(tmp_path, layout, error, match):
+    from PIL import Image
+    root = tmp_path / "data"
+    root.mkdir()
+    if layout == "empty":
+        (root / "notMNIST").mkdir()
+    elif layout == "files only":
+        (root / "notMNIST").mkdir()
+        Image.fromarray(np.zeros((28, 28), np.uint8)).save(root / "notMNIST" / "a.png")
+    elif layout == "digits":
+        write_notmnist(root, 1, letters="0123456789", folder="notMNIST")
+    elif layout == "five letters":
+        write_notmnist(root, 1, letters="ABCDE", folder="notMNIST")
+    elif layout == "one level down":
+        write_notmnist(root / "notMNIST", 1)
+    elif layout == "a class without images":
+        folder = write_notmnist(root, 1, folder="notMNIST")
+        (folder / "D" / "D0.png").unlink()
+    elif layout == "wrong size":
+        write_notmnist(root, 1, folder="notMNIST", size=32)
+    with pytest.raises(error, match=match):
+        load("notmnist", root=root)
+
+
+def test_notmnist_has_no_download(tmp_path):
+    with pytest.raises(ValueError, match=r"notmnist can't be downloaded by torchvision; get it by hand"):
+        load("notmnist", root=tmp_path, download=True)
