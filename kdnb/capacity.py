@@ -2,14 +2,13 @@
 students of each other, and teacher → assistant → student chains (Mirzadeh et al. 2020, TAKD).
 
 Every stage of every path is a :mod:`kdnb.chains` stage, so each is cached on its own: a path
-``(10, 6, 2)`` for seed ``s`` trains the 10-layer model from scratch, distils the 6-layer one
-from it and the 2-layer one from that; ``(10, 8, 2)`` then retrains only what differs (the
-10-layer model comes from the cache). Every model of a seed's paths starts from that seed, so a
-seed is one whole replicate of the experiment, teachers included, and students of one size
-compared across paths share their initial weights and batches (paired differences).
+``(10, 6, 2)`` for seed ``s`` trains the 10-layer teacher from scratch (or takes it from the
+cache), distils the 6-layer assistant from it and the 2-layer student from that; ``(10, 8, 2)``
+then retrains only what differs. Teachers are trained once per size, from their own seed and for
+longer (``teacher_epochs``); assistants and students from the seed ``s``, so students of one
+size compared across paths share their initial weights and batches (paired differences).
 
-The profile's settings are :data:`SETTINGS` (read with :func:`settings`); the quick ones are
-sized for a CPU in about a minute of training.
+The profile's settings are :data:`SETTINGS` (read with :func:`settings`).
 """
 import os
 
@@ -21,24 +20,24 @@ from .checks import check_alpha, check_T, check_positive_int
 from .data import load
 from .losses import soft_targets
 from .teachers import predict
-from .train import progress_bar
+from .train import progress_bar, trained
 
 SETTINGS = {
     # MNIST-1D, 1-D convnets with batch norm (without it the deeper ones train worse than the
-    # shallow ones in a short budget) and a first width of 4 channels, doubled every second
-    # layer: 2 layers see 7 samples of a 40-long signal through 4 channels, 10 layers see all of
-    # it through 64. Adam, cosine, ~7 epochs: about 200 steps a model, ~50 models.
+    # shallow ones in a short budget) and a first width of 8 channels, doubled every second
+    # layer: 2 layers see 6 samples of a 40-long signal, 10 layers all of it, through 128
+    # channels. Adam, cosine; students 6 epochs (~170 steps), teachers 3x that: ~55 models.
     "quick": {"data": "mnist1d", "depths": (2, 4, 6, 8, 10),
-              "spec": {"name": "convnet", "width": 4, "norm": True, "hidden": 32},
-              "fit": {"epochs": 7, "batch_size": 128, "lr": 1e-2, "schedule": "cosine"},
-              "cells": ((0.5, 2.0), (0.9, 4.0))},
+              "spec": {"name": "convnet", "width": 8, "norm": True, "hidden": 32},
+              "fit": {"epochs": 6, "batch_size": 128, "lr": 1e-2, "schedule": "cosine"},
+              "teacher_epochs": 18, "teacher_seed": 100, "cells": ((0.5, 2.0), (0.9, 4.0))},
     # Seed 001 exp 6: CIFAR-10, 2-D convnets of 2-10 conv layers, SGD for 100 epochs, regularised
     # (weight decay, augmentation, batch norm).
     "full": {"data": "cifar10", "depths": (2, 4, 6, 8, 10),
              "spec": {"name": "convnet", "width": 32, "norm": True, "hidden": 128},
              "fit": {"epochs": 100, "batch_size": 128, "lr": 0.05, "optimizer": "sgd",
                      "weight_decay": 5e-4, "schedule": "cosine", "augment": True},
-             "cells": ((0.5, 2.0), (0.9, 4.0))},
+             "teacher_epochs": 100, "teacher_seed": 100, "cells": ((0.5, 2.0), (0.9, 4.0))},
 }
 
 
@@ -50,7 +49,8 @@ def settings(profile=None):
     if p.name not in SETTINGS:
         raise ValueError(f"profile must be one of {', '.join(SETTINGS)} for the capacity ladder, got {p.name!r}")
     s = {**SETTINGS[p.name], "seeds": tuple(p.seeds)}
-    s["fit"] = {**s["fit"], **({"epochs": 1} if os.environ.get("KDNB_SMOKE") == "1" else {})}
+    if os.environ.get("KDNB_SMOKE") == "1":
+        s["fit"], s["teacher_epochs"] = {**s["fit"], "epochs": 1}, 1
     return s
 
 
@@ -71,16 +71,57 @@ def check_path(path):
     return path
 
 
+def teacher(depth, data, *, profile=None, progress=None):
+    """The ``depth``-layer teacher: cross-entropy from the settings' ``teacher_seed``, for
+    ``teacher_epochs``, as a :class:`~kdnb.chains.Root` (a path's first stage). ``(model, history)``."""
+    s = settings(profile)
+    return teacher_root(depth, profile).train(data, progress=progress, **s["fit"])
+
+
+def teachers(depths, data, *, profile=None, desc="teachers", progress=None):
+    """:func:`teacher` of every depth under one progress bar: ``{depth: model}``, ``{depth: history}``."""
+    s = settings(profile)
+    depths = [check_positive_int("depth", d) for d in depths]
+    bar = progress_bar(len(depths) * s["teacher_epochs"], desc, progress)
+    out = {d: teacher(d, data, profile=profile, progress=bar) for d in depths}
+    bar.close()
+    return {d: m for d, (m, _) in out.items()}, {d: h for d, (_, h) in out.items()}
+
+
+def teacher_root(depth, profile=None):
+    s = settings(profile)
+    return Root(spec(depth, profile), seed=s["teacher_seed"], fit={"epochs": s["teacher_epochs"]})
+
+
+def baselines(depths, data, *, seeds=None, profile=None, desc="no KD", progress=None):
+    """Students of each depth trained with cross-entropy alone, one per seed, on the students'
+    budget: ``{depth: [model per seed]}`` and ``{depth: [history per seed]}``."""
+    s = settings(profile)
+    seeds = s["seeds"] if seeds is None else tuple(seeds)
+    depths = [check_positive_int("depth", d) for d in depths]
+    bar = progress_bar(len(seeds) * len(depths) * s["fit"]["epochs"], desc, progress)
+    models, histories = {}, {}
+    for d in depths:
+        for seed in seeds:
+            model, history = trained(spec(d, profile), data, seed=seed, progress=bar, **s["fit"])
+            models.setdefault(d, []).append(model)
+            histories.setdefault(d, []).append(history)
+    bar.close()
+    return models, histories
+
+
 def run_path(path, seed, data, alpha, T, *, profile=None, progress=None):
-    """One chain of the ladder: the ``path[0]``-layer model trained from scratch with
-    cross-entropy, then each later depth distilled from the one before at ``alpha`` and ``T``,
-    every stage from ``seed``. Returns ``[(model, history), ...]``, one per depth of ``path``."""
+    """One chain of the ladder, in one call: the ``path[0]``-layer teacher (:func:`teacher`),
+    then each later depth distilled from the one before at ``alpha`` and ``T``, started from
+    ``seed``. Returns ``[(model, history), ...]``, one per depth of ``path``."""
     path = check_path(path)
+    if len(path) < 2:
+        raise ValueError(f"path must hold a teacher's depth and at least one student's, got {path!r}")
     check_alpha(alpha)
     check_T(T)
     s = settings(profile)
     links = [Link(spec(d, profile), T=float(T), alpha=float(alpha), seed=seed) for d in path[1:]]
-    return chain(Root(spec(path[0], profile), seed=seed), data, links, progress=progress, **s["fit"])
+    return chain(teacher_root(path[0], profile), data, links, progress=progress, **s["fit"])
 
 
 def run_paths(paths, data, alpha, T, *, seeds=None, profile=None, desc="paths", progress=None):
@@ -89,7 +130,9 @@ def run_paths(paths, data, alpha, T, *, seeds=None, profile=None, desc="paths", 
     s = settings(profile)
     seeds = s["seeds"] if seeds is None else tuple(seeds)
     paths = [check_path(p) for p in paths]
-    bar = progress_bar(len(seeds) * sum(len(p) for p in paths) * s["fit"]["epochs"], desc, progress)
+    # a cached stage advances the bar by its epochs too, the teacher's included
+    epochs = sum(s["teacher_epochs"] + (len(p) - 1) * s["fit"]["epochs"] for p in paths)
+    bar = progress_bar(len(seeds) * epochs, desc, progress)
     models, histories = {}, {}
     for p in paths:
         for seed in seeds:

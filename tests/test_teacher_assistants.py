@@ -11,7 +11,8 @@ SPEC = {"name": "mlp", "hidden": [16]}
 FIT = dict(epochs=2, batch_size=64, lr=3e-3, progress=False)
 TINY = {"data": "digits", "depths": (1, 2, 3),
         "spec": {"name": "convnet", "width": 2, "hidden": 8, "norm": True},
-        "fit": {"epochs": 1, "batch_size": 128, "lr": 1e-2}, "cells": ((0.5, 2.0),)}
+        "fit": {"epochs": 1, "batch_size": 128, "lr": 1e-2}, "teacher_epochs": 2, "teacher_seed": 100,
+        "cells": ((0.5, 2.0),)}
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +68,23 @@ def test_another_assistant_retrains_only_what_changed(data, fresh_cache, fits):
 
 def test_a_path_is_one_call_and_shares_its_prefix(data, fresh_cache, fits, tiny):
     out = capacity.run_path((3, 2, 1), 0, data, 0.5, 2.0)
-    assert len(out) == 3 and len(fits) == 3
-    assert [m[0].__class__ for m in out] == [torch.nn.Sequential] * 3
+    assert fits == [("CrossEntropy", 100), ("Distill", 0), ("Distill", 0)]  # the teacher from its own seed
     assert [sum(isinstance(x, torch.nn.Conv2d) for x in m.modules()) for m, _ in out] == [3, 2, 1]
+    assert len(out[0][1]["epoch"]) == 2 and len(out[1][1]["epoch"]) == 1  # teacher_epochs, then the students'
     capacity.run_path((3, 1), 0, data, 0.5, 2.0)
-    assert len(fits) == 4  # the 3-layer teacher came from the cache
-    models_, histories = capacity.run_paths([(3,), (3, 1)], data, 0.5, 2.0, seeds=(0, 1))
-    assert len(fits) == 6 and [len(v) for v in models_.values()] == [2, 2]  # seed 1: its own teacher and student
+    assert fits[3:] == [("Distill", 0)]  # the 3-layer teacher came from the cache
+    models_, histories = capacity.run_paths([(3, 2), (3, 1)], data, 0.5, 2.0, seeds=(0, 1))
+    assert fits[4:] == [("Distill", 1), ("Distill", 1)]  # seed 1's students; one teacher for all seeds
+    assert [len(v) for v in models_.values()] == [2, 2]
     assert all(isinstance(h[0]["best_val_acc"], float) for h in histories.values())
+    teachers, _ = capacity.teachers([3], data)
+    assert torch.equal(flat(teachers[3]), flat(out[0][0])) and len(fits) == 6
+
+
+def test_baselines_are_cross_entropy_on_the_students_budget(data, fresh_cache, fits, tiny):
+    ms, hs = capacity.baselines([1, 2], data, seeds=(0, 1))
+    assert fits == [("CrossEntropy", 0), ("CrossEntropy", 1)] * 2
+    assert list(ms) == [1, 2] and all(len(h["epoch"]) == 1 for v in hs.values() for h in v)
 
 
 def test_settings_follow_the_profile_and_smoke(monkeypatch):
@@ -82,8 +92,9 @@ def test_settings_follow_the_profile_and_smoke(monkeypatch):
     assert quick["depths"] == (2, 4, 6, 8, 10) and quick["seeds"] == (0, 1, 2)
     assert capacity.settings("full")["fit"]["epochs"] == 100 and capacity.settings("full")["data"] == "cifar10"
     assert capacity.spec(6, "quick") == {**quick["spec"], "depth": 6}
+    assert quick["teacher_epochs"] == 3 * quick["fit"]["epochs"]
     monkeypatch.setenv("KDNB_SMOKE", "1")
-    assert capacity.settings("full")["fit"]["epochs"] == 1
+    assert capacity.settings("full")["fit"]["epochs"] == 1 == capacity.settings("full")["teacher_epochs"]
     assert capacity.SETTINGS["full"]["fit"]["epochs"] == 100  # a copy, not the table
 
 
@@ -118,6 +129,7 @@ def test_the_receptive_field_of_a_2d_convnet():
     (lambda: capacity.spec(0), ValueError, r"^depth must be a positive integer, got 0"),
     (lambda: capacity.settings("nope"), ValueError, r"^profile must be one of quick, full"),
     (lambda: capacity.check_path(()), ValueError, r"^path must hold at least one depth"),
+    (lambda: capacity.run_path((10,), 0, None, 0.5, 2.0), ValueError, r"^path must hold a teacher's depth and at "),
     (lambda: capacity.check_path("10-2"), TypeError, r"^path must be a sequence of depths"),
     (lambda: capacity.check_path((10, 2.5)), ValueError, r"^path depth must be a positive integer, got 2\.5"),
     (lambda: capacity.mean_entropy(torch.zeros(2, 3), T=0), ValueError, r"^T must be in \(0, inf\), got 0"),
