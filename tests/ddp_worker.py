@@ -1,0 +1,103 @@
+"""A real rank of a ``torchrun`` run, for tests/test_distributed.py (also run as one process,
+without torchrun, for the references).
+
+    torchrun --nproc_per_node=2 tests/ddp_worker.py OUT MODE... [--checkpoint P] [--stall-epoch E]
+
+Modes: ``ce`` (cross-entropy, augmentation, cosine schedule), ``gan`` (GANKD: a player with its
+own optimiser), ``hint`` (FitNets with a live teacher and a regressor), ``grid`` (an α × T grid
+split over the ranks), ``bad`` (a global batch the world size does not divide). Each rank saves
+what it ended with to ``OUT/MODE.rank{R}.pt``; with ``--stall-epoch E`` rank 0 stops mid-epoch E,
+after steps its last checkpoint does not hold, and waits to be killed.
+"""
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from kdnb import device, distributed, models, store, train
+from kdnb.data import Data
+from kdnb.methods import GANKD, CrossEntropy, Hint
+from kdnb.teachers import TeacherCache
+
+# 100 samples in global batches of 32: three full batches, then 4 (2 per rank), so the short
+# last batch's weighting is exercised.
+EPOCHS, BATCH, STALL_STEP = 3, 32, 2
+STUDENT, TEACHER = {"name": "mlp", "hidden": [16]}, {"name": "mlp", "hidden": [32]}
+FIT = dict(epochs=EPOCHS, batch_size=BATCH, lr=1e-2, progress=False)
+
+
+def toy_data(seed=0, n=150, classes=4):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, 1, 8, 8, generator=g)
+    y = torch.arange(n) % classes
+    x = centers[y] + 0.8 * torch.randn(n, 1, 8, 8, generator=g)
+    return Data("toy", x[:100], y[:100], x[100:130], y[100:130], x[130:], y[130:], classes, (1, 8, 8))
+
+
+class Stalling(CrossEntropy):
+    def __init__(self, log=None, stall_epoch=None):
+        super().__init__()
+        self._log, self._stall, self._epoch, self._step = log, stall_epoch, 0, 0  # runtime: not described
+
+    def start_epoch(self, epoch, epochs):
+        self._epoch, self._step = epoch, 0
+        if self._log and device.is_main():
+            with open(self._log, "a") as f:
+                f.write(f"epoch {epoch}\n")
+
+    def losses(self, logits, batch):
+        if self._epoch == self._stall and self._step == STALL_STEP and device.is_main():
+            with open(self._log, "a") as f:
+                f.write(f"stall {self._epoch}\n")
+            time.sleep(600)  # killed here
+        self._step += 1
+        return super().losses(logits, batch)
+
+
+def method_for(mode, data, args):
+    teacher = models.build(TEACHER, data.shape, data.classes, seed=1)
+    if mode == "ce":
+        return Stalling(args.log, args.stall_epoch)
+    if mode == "gan":
+        return GANKD(TeacherCache.compute(teacher, data.x_train), classes=data.classes, hidden=8)
+    return Hint(teacher, hint="2", guided="2", stage=None, weight=0.5)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("modes", nargs="+")
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--log")
+    parser.add_argument("--stall-epoch", type=int)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    data, rank = toy_data(), device.launched().rank
+    for mode in args.modes:
+        out = Path(args.out) / f"{mode}.rank{rank}.pt"
+        if mode == "bad":
+            try:
+                train.fit(models.build(STUDENT, data.shape, data.classes, seed=0), data, **{**FIT, "batch_size": 33})
+                out.write_text("no error")
+            except ValueError as err:
+                out.write_text(str(err))
+            continue
+        if mode == "grid":
+            members = distributed.grid([0.0, 0.5, 0.9], [2.0, 4.0])
+            teacher = models.build(TEACHER, data.shape, data.classes, seed=1)
+            r = distributed.fit_grid(STUDENT, data, teacher, members, epochs=2, batch_size=BATCH, lr=1e-2,
+                                     progress=False)
+            store.save({"members": r.members, "histories": r.histories,
+                        "states": [m.state_dict() for m in r.models]}, out)
+            continue
+        model = models.build(STUDENT, data.shape, data.classes, seed=0)
+        method = method_for(mode, data, args)
+        history = train.fit(model, data, method, seed=0, augment=mode == "ce", schedule="cosine",
+                            checkpoint=args.checkpoint, **FIT)
+        store.save({"state": model.state_dict(), "method": method.state_dict(), "history": history}, out)
+
+
+if __name__ == "__main__":
+    main()
