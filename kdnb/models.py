@@ -68,6 +68,16 @@ def resnet18_cifar(in_shape=(3, 32, 32), classes=10):
     return m
 
 
+def resnet50_cifar(in_shape=(3, 32, 32), classes=10):
+    """torchvision's ResNet-50 with the CIFAR stem (seed 002's teacher; chapter 7)."""
+    import torchvision
+    in_shape = check_shape(in_shape)
+    m = torchvision.models.resnet50(num_classes=check_positive_int("classes", classes))
+    m.conv1 = nn.Conv2d(in_shape[0], 64, 3, stride=1, padding=1, bias=False)
+    m.maxpool = nn.Identity()
+    return m
+
+
 def conv_mlp(in_shape, filters=32, hidden=(128,), classes=10, dropout=0.0):
     """One 3×3 conv (no padding) → ReLU → 2×2 max-pool, then an MLP: seed 001's MNIST pair.
     ``hidden=(128,)`` is its student (693,962 parameters), ``(256, 128, 32)`` its teacher (1,422,378)."""
@@ -104,6 +114,7 @@ def cifar_cnn(in_shape=(3, 32, 32), widths=(32, 32, 64, 64, 128, 128), hidden=25
 
 
 BUILDERS = {"mlp": mlp, "convnet": convnet, "conv_mlp": conv_mlp, "resnet18_cifar": resnet18_cifar,
+            "resnet50_cifar": resnet50_cifar,
             "cifar_cnn": cifar_cnn}
 
 

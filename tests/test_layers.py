@@ -12,9 +12,12 @@ LAYERS = [
     {"teachers"},                                             # frozen teachers, cached outputs, feature taps
     {"methods.base"},                                         # the protocol
     {"methods.hinton"},                                       # what other methods build on
-    {"methods.teacher_free", "methods.features", "methods.adversarial", "methods"},
+    {"methods.teacher_free", "methods.features", "methods.adversarial"},
+    {"methods.attention", "methods.projectors", "methods"},  # feature methods on features' base
     {"train"},                                                # the one loop
-    {"sweep", "experiments", "chains", "deploy"},             # many models, deployment
+    {"sweep", "chains", "deploy"},                            # many models, deployment
+    {"experiments", "configs", "capacity", "distributed"},    # the chapters' shared experiments, seeds' configs; grids over ranks
+    {"runs", "feature_pairs"},                                # a config run, to results; chapter 7's pairs
     {"widgets", "plots", "cli", "__init__"},                  # faces
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
