@@ -14,7 +14,7 @@ from . import profiles
 from .data import load
 from .experiments import teacher as profile_teacher
 from .methods import TeacherFeatures
-from .teachers import TeacherCache
+from .teachers import FrozenTeacher, TeacherCache
 from .train import progress_bar, trained
 
 RESNET18_STAGES = [f"layer{i}.1.relu_1" for i in range(1, 5)]
@@ -79,8 +79,8 @@ def pair(profile=None, root=None):
         model, _, data = profile_teacher(p)
     model.eval()
     nodes = list(dict.fromkeys(t for _, t in [*s["stages"], *s["attention"], s["hint"]]))
-    if fit_args.get("augment"):
-        logits = features = model  # augmented batches: the teacher runs live on them
+    if fit_args.get("augment"):  # augmented batches: the teacher runs live on them, traced once
+        logits, features = model, FrozenTeacher(model, nodes)
     else:
         logits = TeacherCache.compute(model, data.x_train)
         features = TeacherFeatures.compute(model, data.x_train, nodes)
