@@ -1,13 +1,14 @@
 """A real rank of a ``torchrun`` run, for tests/test_distributed.py (also run as one process,
 without torchrun, for the references).
 
-    torchrun --nproc_per_node=2 tests/ddp_worker.py OUT MODE... [--checkpoint P] [--stall-epoch E]
+    torchrun --nproc_per_node=2 tests/ddp_worker.py OUT MODE...
 
 Modes: ``ce`` (cross-entropy, augmentation, cosine schedule), ``gan`` (GANKD: a player with its
 own optimiser), ``hint`` (FitNets with a live teacher and a regressor), ``grid`` (an α × T grid
-split over the ranks), ``bad`` (a global batch the world size does not divide). Each rank saves
-what it ended with to ``OUT/MODE.rank{R}.pt``; with ``--stall-epoch E`` rank 0 stops mid-epoch E,
-after steps its last checkpoint does not hold, and waits to be killed.
+split over the ranks), ``bad`` (a global batch the world size does not divide), ``stall`` (``ce``
+with a checkpoint in ``OUT/run.ckpt``: rank 0 stops mid-epoch 1, after steps the checkpoint does
+not hold, notes it in ``OUT/notes`` and waits to be killed) and ``resume`` (``ce`` from that
+checkpoint). Each rank saves what it ended with to ``OUT/MODE.rank{R}.pt``.
 """
 import argparse
 import os
@@ -56,47 +57,55 @@ class Stalling(CrossEntropy):
         return super().losses(logits, batch)
 
 
-def method_for(mode, data, args):
+def method_for(mode, data, log=None, stall_epoch=None):
     teacher = models.build(TEACHER, data.shape, data.classes, seed=1)
     if mode == "ce":
-        return Stalling(args.log, args.stall_epoch)
+        return Stalling(log, stall_epoch)
     if mode == "gan":
         return GANKD(TeacherCache.compute(teacher, data.x_train), classes=data.classes, hidden=8)
     return Hint(teacher, hint="2", guided="2", stage=None, weight=0.5)
+
+
+def run(mode, out, checkpoint=None, log=None, stall_epoch=None):
+    """Train ``mode`` and save what this rank ends with to ``out``."""
+    data = toy_data()
+    if mode == "bad":
+        try:
+            train.fit(models.build(STUDENT, data.shape, data.classes, seed=0), data, **{**FIT, "batch_size": 33})
+            Path(out).write_text("no error")
+        except ValueError as err:
+            Path(out).write_text(str(err))
+        return
+    if mode == "grid":
+        members = distributed.grid([0.0, 0.5, 0.9], [2.0, 4.0])
+        teacher = models.build(TEACHER, data.shape, data.classes, seed=1)
+        r = distributed.fit_grid(STUDENT, data, teacher, members, epochs=2, batch_size=BATCH, lr=1e-2,
+                                 progress=False)
+        store.save({"members": r.members, "histories": r.histories, "note": r.note,
+                    "states": [m.state_dict() for m in r.models]}, out)
+        return
+    model = models.build(STUDENT, data.shape, data.classes, seed=0)
+    method = method_for(mode, data, log, stall_epoch)
+    history = train.fit(model, data, method, seed=0, augment=mode == "ce", schedule="cosine",
+                        checkpoint=checkpoint, **FIT)
+    store.save({"state": model.state_dict(), "method": method.state_dict(), "history": history}, out)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("modes", nargs="+")
-    parser.add_argument("--checkpoint")
-    parser.add_argument("--log")
-    parser.add_argument("--stall-epoch", type=int)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    data, rank = toy_data(), device.launched().rank
+    torch.set_num_threads(1)  # the same float summation order in every process
+    from ddp_worker import run  # this module by its name, not __main__: methods are described by it
+    out, rank = Path(args.out), device.launched().rank
+    with open(out / "pids", "a") as f:  # torchrun starts each rank in its own session: the test kills them by pid
+        f.write(f"{os.getpid()}\n")
     for mode in args.modes:
-        out = Path(args.out) / f"{mode}.rank{rank}.pt"
-        if mode == "bad":
-            try:
-                train.fit(models.build(STUDENT, data.shape, data.classes, seed=0), data, **{**FIT, "batch_size": 33})
-                out.write_text("no error")
-            except ValueError as err:
-                out.write_text(str(err))
-            continue
-        if mode == "grid":
-            members = distributed.grid([0.0, 0.5, 0.9], [2.0, 4.0])
-            teacher = models.build(TEACHER, data.shape, data.classes, seed=1)
-            r = distributed.fit_grid(STUDENT, data, teacher, members, epochs=2, batch_size=BATCH, lr=1e-2,
-                                     progress=False)
-            store.save({"members": r.members, "histories": r.histories,
-                        "states": [m.state_dict() for m in r.models]}, out)
-            continue
-        model = models.build(STUDENT, data.shape, data.classes, seed=0)
-        method = method_for(mode, data, args)
-        history = train.fit(model, data, method, seed=0, augment=mode == "ce", schedule="cosine",
-                            checkpoint=args.checkpoint, **FIT)
-        store.save({"state": model.state_dict(), "method": method.state_dict(), "history": history}, out)
+        if mode in ("stall", "resume"):  # ce with a checkpoint; "stall" waits mid-epoch 1 to be killed
+            run("ce", out / f"{mode}.rank{rank}.pt", out / "run.ckpt", out / "notes", 1 if mode == "stall" else None)
+        else:
+            run(mode, out / f"{mode}.rank{rank}.pt")
 
 
 if __name__ == "__main__":
