@@ -4,7 +4,7 @@ without torchrun, for the references).
     torchrun --nproc_per_node=2 tests/ddp_worker.py OUT MODE...
 
 Modes: ``ce`` (cross-entropy, augmentation, cosine schedule), ``gan`` (GANKD: a player with its
-own optimiser), ``hint`` (FitNets with a live teacher and a regressor), ``grid`` (an α × T grid
+own optimiser), ``wgan`` (WGANKD with a gradient penalty: random points per rank), ``hint`` (FitNets with a live teacher and a regressor), ``grid`` (an α × T grid
 split over the ranks), ``bad`` (a global batch the world size does not divide), ``stall`` (``ce``
 with a checkpoint in ``OUT/run.ckpt``: rank 0 stops mid-epoch 1, after steps the checkpoint does
 not hold, notes it in ``OUT/notes`` and waits to be killed) and ``resume`` (``ce`` from that
@@ -19,7 +19,7 @@ import torch
 
 from kdnb import device, distributed, models, store, train
 from kdnb.data import Data
-from kdnb.methods import GANKD, CrossEntropy, Hint
+from kdnb.methods import GANKD, WGANKD, CrossEntropy, Hint
 from kdnb.teachers import TeacherCache
 
 # 100 samples in global batches of 32: three full batches, then 4 (2 per rank), so the short
@@ -63,6 +63,8 @@ def method_for(mode, data, log=None, stall_epoch=None):
         return Stalling(log, stall_epoch)
     if mode == "gan":
         return GANKD(TeacherCache.compute(teacher, data.x_train), classes=data.classes, hidden=8)
+    if mode == "wgan":  # the gradient penalty differentiates twice, outside DDP
+        return WGANKD(TeacherCache.compute(teacher, data.x_train), classes=data.classes, hidden=8)
     return Hint(teacher, hint="2", guided="2", stage=None, weight=0.5)
 
 

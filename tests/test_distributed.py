@@ -4,6 +4,7 @@ process on the same global batch (student, a method's regressor, a GAN's discrim
 rank with the same ones; a grid split over the ranks gives one process's members; a SIGKILLed
 run resumes to the uninterrupted run's weights, on two ranks or one; a bad world size and a
 missing rendezvous are refused with errors that name them."""
+import math
 import os
 import shutil
 import signal
@@ -65,7 +66,7 @@ def ddp(tmp_path_factory):
     """One torchrun launch for every mode (start-up dominates on two loaded cores); the last,
     ``stall``, is SIGKILLed mid-epoch 1 with the whole launch (torchrun and both ranks)."""
     tmp = tmp_path_factory.mktemp("ddp")
-    proc, notes = torchrun(tmp, tmp, "ce", "gan", "hint", "grid", "bad", "stall"), tmp / "notes"
+    proc, notes = torchrun(tmp, tmp, "ce", "gan", "wgan", "hint", "grid", "bad", "stall"), tmp / "notes"
     try:
         deadline = time.monotonic() + 300
         while "stall 1" not in (notes.read_text() if notes.exists() else ""):
@@ -119,10 +120,19 @@ def test_ddp_ends_with_one_process_weights(ddp, single, mode):
     assert h["world_size"] == [2] * ddp_worker.EPOCHS and h1["world_size"] == [1] * ddp_worker.EPOCHS
 
 
+def test_a_critic_with_a_gradient_penalty_trains_alike_on_every_rank(ddp):
+    folder, _ = ddp
+    ranks = [saved(folder, "wgan", r) for r in (0, 1)]
+    for part in ("state", "method"):  # each rank its own random points, one averaged gradient
+        assert_equal(ranks[0][part], ranks[1][part], f"wgan {part} of rank 1 vs rank 0")
+    h = ranks[0]["history"]
+    assert all(math.isfinite(v) for v in h["terms"]["critic/gp"]) and h["terms"]["critic/gp"][0] > 0
+
+
 def test_only_rank_0_prints_the_global_batch_and_lr(ddp):
     _, out = ddp
     line = "DistributedDataParallel over 2 ranks: global batch 32 (16 per rank), lr 0.01 (adam, cosine)"
-    assert out.count(line) == 4, out  # ce, gan, hint, stall: once each, from rank 0 alone
+    assert out.count(line) == 5, out  # ce, gan, wgan, hint, stall: once each, from rank 0 alone
 
 
 def test_a_grid_split_over_ranks_has_one_process_members(ddp, single):
