@@ -5,7 +5,7 @@ without torchrun, for the references).
 
 Modes: ``ce`` (cross-entropy, augmentation, cosine schedule), ``gan`` (GANKD: a player with its
 own optimiser), ``wgan`` (WGANKD with a gradient penalty: random points per rank), ``hint`` (FitNets with a live teacher and a regressor), ``grid`` (an α × T grid
-split over the ranks), ``bad`` (a global batch the world size does not divide), ``stall`` (``ce``
+split over the ranks), ``trained`` (the cached form, twice), ``bad`` (a global batch the world size does not divide), ``stall`` (``ce``
 with a checkpoint in ``OUT/run.ckpt``: rank 0 stops mid-epoch 1, after steps the checkpoint does
 not hold, notes it in ``OUT/notes`` and waits to be killed) and ``resume`` (``ce`` from that
 checkpoint). Each rank saves what it ended with to ``OUT/MODE.rank{R}.pt``.
@@ -77,6 +77,12 @@ def run(mode, out, checkpoint=None, log=None, stall_epoch=None):
             Path(out).write_text("no error")
         except ValueError as err:
             Path(out).write_text(str(err))
+        return
+    if mode == "trained":  # each rank its own cache folder: only rank 0's may fill
+        os.environ["KDNB_CACHE"] = str(Path(out).parent / f"cache.rank{device.launched().rank}")
+        first, h1 = train.trained(STUDENT, data, seed=0, **FIT)
+        again, h2 = train.trained(STUDENT, data, seed=0, **FIT)  # served from rank 0's entry
+        store.save({"first": first.state_dict(), "again": again.state_dict(), "h1": h1, "h2": h2}, out)
         return
     if mode == "grid":
         members = distributed.grid([0.0, 0.5, 0.9], [2.0, 4.0])

@@ -66,7 +66,7 @@ def ddp(tmp_path_factory):
     """One torchrun launch for every mode (start-up dominates on two loaded cores); the last,
     ``stall``, is SIGKILLed mid-epoch 1 with the whole launch (torchrun and both ranks)."""
     tmp = tmp_path_factory.mktemp("ddp")
-    proc, notes = torchrun(tmp, tmp, "ce", "gan", "wgan", "hint", "grid", "bad", "stall"), tmp / "notes"
+    proc, notes = torchrun(tmp, tmp, "ce", "gan", "wgan", "hint", "grid", "trained", "bad", "stall"), tmp / "notes"
     try:
         deadline = time.monotonic() + 300
         while "stall 1" not in (notes.read_text() if notes.exists() else ""):
@@ -131,8 +131,8 @@ def test_a_critic_with_a_gradient_penalty_trains_alike_on_every_rank(ddp):
 
 def test_only_rank_0_prints_the_global_batch_and_lr(ddp):
     _, out = ddp
-    line = "DistributedDataParallel over 2 ranks: global batch 32 (16 per rank), lr 0.01 (adam, cosine)"
-    assert out.count(line) == 5, out  # ce, gan, wgan, hint, stall: once each, from rank 0 alone
+    line = "DistributedDataParallel over 2 ranks: global batch 32 (16 per rank), lr 0.01 (adam, "
+    assert out.count(line) == 6, out  # ce, gan, wgan, hint, trained, stall: once each, from rank 0 alone
 
 
 def test_a_grid_split_over_ranks_has_one_process_members(ddp, single):
@@ -143,6 +143,18 @@ def test_a_grid_split_over_ranks_has_one_process_members(ddp, single):
         assert_close(a, b, f"member {i}")
     assert [h["best_val_acc"] for h in got["histories"]] == [h["best_val_acc"] for h in one["histories"]]
     assert_equal(saved(folder, "grid", 1)["states"][-1], got["states"][-1], "rank 1's gathered last member")
+
+
+def test_only_rank_0_writes_a_cache_entry_and_every_rank_is_served_it(ddp):
+    folder, _ = ddp
+    assert len(list((folder / "cache.rank0").rglob("models/*.pt"))) == 1
+    assert not list((folder / "cache.rank1").rglob("*.pt"))  # rank 1 trained with rank 0, wrote nothing
+    runs = [saved(folder, "trained", r) for r in (0, 1)]
+    for got in runs:
+        assert_equal(got["first"], runs[0]["first"], "a rank's trained model")
+        assert_equal(got["again"], got["first"], "the served model")
+        untimed = [{k: v for k, v in h.items() if k != "time"} for h in (got["h1"], got["h2"])]  # each rank's clock
+        assert untimed[0] == untimed[1] and got["h1"]["world_size"] == [2] * ddp_worker.EPOCHS
 
 
 def test_split_and_gather_keep_the_members_order():
