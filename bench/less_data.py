@@ -1,58 +1,88 @@
-"""What stacking saves in chapter 4: its students trained as one kdnb.sweep grid per data set vs one
-at a time with kdnb.train.fit (what experiments.students does), side by side.
+"""What stacking saves in chapter 4: its students trained one at a time with kdnb.train.fit, as one
+kdnb.sweep grid per training set (the chapter until now), and as one grid of members that each have
+their own samples and loss (the chapter now), side by side.
 
-The workloads are the chapter's own grids, on a shorter step budget (``--steps``, the same for
-every data set, as in the chapter): six students (CE and KD, α = 0.9, T = 4, three seeds) on 5 %
-and on 100 % of MNIST-1D's training split, and six (soft targets alone and true labels, three
-seeds) on the labelled split plus 10,000 fresh signals. Each ratio is one-by-one time over stacked
-time from two runs back to back (which goes first alternates, ``bench.common.paired_ratios``); the
-table gives the median and range over ``--repeats`` pairs, and the largest difference in best
-validation accuracy between the two ways (they do the same arithmetic, summed in another order).
+The workloads are the chapter's own, on a shorter step budget (``--steps``, the same for every
+training set, as in the chapter): the CE and KD students (α = 0.9, T = 4) of five nested fractions
+of MNIST-1D's training split, and the soft-target, true-label and teacher's-hard-label students of
+four transfer sets (0 to 40,000 fresh signals beside the labelled ones), three seeds each. Each
+ratio is one way's time over the one-grid time, from runs back to back (the order rotates,
+``bench.common.paired_ratios``); the table gives the median and range over ``--repeats`` rounds,
+and the largest difference in best validation accuracy from the one-by-one students (the same
+arithmetic, summed in another order).
 
-    python bench/less_data.py [--quick] [--repeats 5] [--steps 290] [--threads 1]
+    python bench/less_data.py [--quick] [--repeats 3] [--steps 290] [--threads 1]
 """
 import statistics
+import time
 
 import torch
 
-from common import machine_info, paired_ratios, parse, parser, table
+from common import machine_info, parse, parser, table
 from kdnb import data as kdata, experiments, profiles, sweep
 
-CE, KD, SOFT = (0.0, 1.0), (0.9, 4.0), (1.0, 2.0)
+CE, KD, SOFT = {"alpha": 0.0, "T": 1.0}, {"alpha": 0.9, "T": 4.0}, {"alpha": 1.0, "T": 2.0}
+HARD = {**CE, "labels": "teacher"}
+
+
+def members_of(runs, n_train, steps, batch_size, seeds):
+    return [{**run, "seed": s, "epochs": profiles.epochs_for(len(run.get("train", range(n_train))), steps, batch_size)}
+            for run in runs for s in seeds]
 
 
 def main(argv=None):
-    p = parser(__doc__.splitlines()[0], repeats=5, quick_repeats=2)
+    p = parser(__doc__.splitlines()[0], repeats=3, quick_repeats=1)
     p.add_argument("--steps", type=int, default=None, help="steps per student (default 290; 116 with --quick)")
     args = parse(p, argv)
     steps = args.steps or (116 if args.quick else 290)
     profile = profiles.get("quick")
     pair = experiments.distill_pair(profile)
-    data = pair.data
-    _, sets = kdata.transfer_sets(data, [10000])
-    workloads = {"5 % of the training split, CE + KD": (data.subset(0.05), (CE, KD)),
-                 "100 %, CE + KD": (data, (CE, KD)),
-                 "+10,000 fresh signals, soft + true labels": (sets[10000], (SOFT, CE))}
-    print(machine_info(args, protocol=f"{args.repeats} back-to-back pairs per workload, first one "
-                                      f"alternating; median ratio and range"))
+    data, B = pair.data, profile.batch_size
+    fractions = [kdata.stratified_pick(data.y_train, f, 0) for f in (0.05, 0.1, 0.25, 0.5, 1.0)]
+    labelled, sets = kdata.transfer_sets(data, [0, 2500, 10000, 40000])
+    pool = sets[40000]
+    prefixes = [torch.arange(len(labelled.y_train) + n) for n in sets]
+    workloads = {"5 fractions × CE, KD × 3 seeds": (data, [{**loss, "train": idx} for idx in fractions
+                                                           for loss in (CE, KD)]),
+                 "4 transfer sets × soft, true, hard labels × 3 seeds": (pool, [{**loss, "train": idx}
+                                                                              for idx in prefixes
+                                                                              for loss in (SOFT, CE, HARD)])}
+    print(machine_info(args, protocol=f"{args.repeats} rounds per workload, the order of the three ways "
+                                      f"rotating; median ratio and range"))
     rows = []
-    for name, (d, settings) in workloads.items():
-        members = [{"alpha": a, "T": T, "seed": s} for a, T in settings for s in profile.seeds]
-        epochs = experiments.epochs_for(pair, len(d.y_train), steps)
+    for name, (d, runs) in workloads.items():
+        members = members_of(runs, len(d.y_train), steps, B, profile.seeds)
         logits = experiments.teacher_outputs(pair.teacher, d).logits
-        run = lambda vectorize: sweep.fit_grid(profile.student, d, logits, members, epochs=epochs,
-                                               batch_size=profile.batch_size, lr=profile.lr, device="cpu",
-                                               vectorize=vectorize, progress=False)
-        stacked, one_by_one = run(True), run(False)  # warm-up, and the accuracies compared
-        off = max(abs(a["best_val_acc"] - b["best_val_acc"]) for a, b in
-                  zip(stacked.histories, one_by_one.histories))
-        ratios = paired_ratios(lambda: run(False), lambda: run(True), args.repeats)
-        rows.append([name, len(members), f"{epochs} × {-(-len(d.y_train) // profile.batch_size)}",
-                     f"{statistics.median(ratios):.2f}×", f"{min(ratios):.2f}–{max(ratios):.2f}×",
-                     f"{off * len(d.y_val):.0f} of {len(d.y_val)}"])
+        fit = dict(batch_size=B, lr=profile.lr, device="cpu", progress=False)
+        one_grid = lambda: sweep.fit_grid(profile.student, d, logits, members, vectorize=True, **fit)
+        one_by_one = lambda: sweep.fit_grid(profile.student, d, logits, members, vectorize=False, **fit)
+
+        def per_set():  # one grid per training set: the members that share their samples
+            out = []
+            for idx in {id(m["train"]): m["train"] for m in members}.values():
+                same = [m for m in members if m["train"] is idx]
+                out += sweep.fit_grid(profile.student, d, logits, same, vectorize=True, **fit).histories
+            return out
+
+        ways = {"one by one": one_by_one, "a grid per training set": per_set, "one grid": one_grid}
+        ref, grid = one_by_one(), one_grid()  # warm-up, and the accuracies compared
+        off = max(abs(a["best_val_acc"] - b["best_val_acc"]) for a, b in zip(ref.histories, grid.histories))
+        times = {w: [] for w in ways}
+        for r in range(args.repeats):
+            order = list(ways)[r % 3:] + list(ways)[:r % 3]
+            for w in order:
+                t0 = time.perf_counter()
+                ways[w]()
+                times[w].append(time.perf_counter() - t0)
+        for w in ("one by one", "a grid per training set"):
+            ratios = [a / b for a, b in zip(times[w], times["one grid"])]
+            rows.append([name, len(members), w, f"{statistics.median(times[w]):.1f} s",
+                         f"{statistics.median(ratios):.2f}×", f"{min(ratios):.2f}–{max(ratios):.2f}×",
+                         f"{off * len(d.y_val):.0f} of {len(d.y_val)}"])
+        rows.append([name, len(members), "one grid", f"{statistics.median(times['one grid']):.1f} s", "1", "", ""])
     print()
-    print(table(["workload", "students", "epochs × steps", "one-by-one / stacked (median)", "range",
-                 "best val. accuracy, largest difference (samples)"], rows))
+    print(table(["workload", "students", "way", "time (median)", "its time / one grid's (median)", "range",
+                 "best val. accuracy vs one by one, largest difference (samples)"], rows))
 
 
 if __name__ == "__main__":

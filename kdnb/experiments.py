@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import data as datasets, profiles
+from . import data as datasets, profiles, sweep
 from .data import load
 from .teachers import TeacherCache
 from .teachers import predict
@@ -122,6 +122,34 @@ def teacher_on(pair, data):
     """What a teacher-based method reads on ``data``: the teacher's logits on its training split,
     looked up by index, or, when batches are augmented, the teacher model itself (run live)."""
     return pair.teacher if pair.fit_args.get("augment") else teacher_outputs(pair.teacher, data)
+
+
+def stacked(pair, pool, runs, steps, seeds=(0, 1, 2), progress=None):
+    """Students of ``pair`` for every run and seed, step-matched, trained as one stacked grid
+    (``kdnb.sweep.trained_grid``, cached). ``runs`` is ``{name: {"alpha", "T"}}`` with, each
+    optionally, ``"train"`` (indices into ``pool``'s training split; default all of it),
+    ``"labels"`` (``"teacher"``: the teacher's argmax) and ``"steps"`` (default ``steps``): Hinton
+    KD from ``pair``'s teacher at (α, T) on those samples, about ``steps`` steps in whole epochs.
+    Returns ``{name: {"test_acc", "models", "histories", "epochs", "steps"}}``, seeds in order."""
+    batch, members, names = pair.fit_args["batch_size"], [], []
+    for name, run in runs.items():
+        n = len(pool.y_train) if run.get("train") is None else len(run["train"])
+        epochs = profiles.epochs_for(n, run.get("steps", steps), batch)
+        for seed in seeds:
+            members.append({**run, "seed": seed, "epochs": epochs})
+            names.append(name)
+    members = [{k: v for k, v in m.items() if k != "steps"} for m in members]
+    fit = {k: v for k, v in pair.fit_args.items() if k != "epochs"}
+    grid = sweep.trained_grid(pair.student, pool, teacher_on(pair, pool), members, progress=progress, **fit)
+    out = {}
+    for name, m, model, h in zip(names, members, grid.models, grid.histories):
+        n = len(pool.y_train) if m.get("train") is None else len(m["train"])
+        r = out.setdefault(name, {"test_acc": [], "models": [], "histories": [], "epochs": m["epochs"],
+                                  "steps": m["epochs"] * math.ceil(n / batch)})
+        r["test_acc"].append(evaluate(model, pool.x_test, pool.y_test))
+        r["models"].append(model)
+        r["histories"].append(h)
+    return out
 
 
 def raised_bias(model, data, c, shifts=None):

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from kdnb import data as kdata, experiments, sweep
+from kdnb import data as kdata, experiments, models, sweep
 from kdnb.data import Data, fractions, stratified_pick, transfer_sets, without_class
 from kdnb.experiments import GridPair
+from kdnb.train import fit
 
 FRACTIONS = [0.05, 0.1, 0.25, 0.5, 1.0]
 
@@ -248,3 +249,25 @@ def test_an_alpha_one_member_never_reads_a_label(mnist1d):
         assert torch.equal(v, w), k  # soft targets alone: the labels can be anything
     assert any(not torch.equal(v, w) for v, w in zip(a.models[1].state_dict().values(),
                                                       b.models[1].state_dict().values()))  # α = 0 reads them
+
+
+def test_stacked_runs_are_step_matched_named_and_on_their_own_samples(mnist1d, fresh_cache):
+    small = mnist1d.subset(0.2)  # 720 samples: 12 batches of 64
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(40, 10))
+    pair = GridPair(small, teacher.eval(), {"name": "mlp", "hidden": [8]},
+                    {"epochs": 1, "batch_size": 64, "lr": 1e-2, "device": "cpu"})
+    few = stratified_pick(small.y_train, 0.1, 0)  # 72 samples: 2 batches
+    runs = {"CE": {"alpha": 0.0, "T": 1.0}, ("few", "KD"): {"alpha": 0.9, "T": 4.0, "train": few},
+            "hard": {"alpha": 0.0, "T": 1.0, "labels": "teacher", "steps": 36}}
+    out = experiments.stacked(pair, small, runs, 12, seeds=(0, 1), progress=False)
+    assert list(out) == list(runs)
+    assert (out["CE"]["epochs"], out["CE"]["steps"]) == (1, 12)
+    assert (out["few", "KD"]["epochs"], out["few", "KD"]["steps"]) == (6, 12)  # step-matched on 72 samples
+    assert (out["hard"]["epochs"], out["hard"]["steps"]) == (3, 36)
+    assert all(len(r["test_acc"]) == len(r["models"]) == len(r["histories"]) == 2 for r in out.values())
+    # the KD students trained on their 72 samples: the same as fit on that subset
+    d, method = sweep.member_fit({"alpha": 0.9, "T": 4.0, "seed": 1, "train": few}, small, [teacher],
+                                 [experiments.teacher_outputs(teacher, small).logits])
+    ref = models.build(pair.student, small.shape, small.classes, seed=1)
+    h = fit(ref, d, method, seed=1, epochs=6, batch_size=64, lr=1e-2, device="cpu", progress=False)
+    assert out["few", "KD"]["histories"][1]["val_acc"] == pytest.approx(h["val_acc"], abs=1e-6)
