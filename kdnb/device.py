@@ -97,15 +97,19 @@ def default_device():
 
 
 def init(device=None):
-    """Join torchrun's process group (once); errors name the missing variable, or the address the
-    ranks failed to meet at. ``$KDNB_RENDEZVOUS_TIMEOUT`` (seconds, default 600) bounds the wait."""
+    """Join torchrun's process group (once) and return this rank's device (``"cuda"`` without an
+    index is its own GPU); errors name the missing variable, or the address the ranks failed to
+    meet at. ``$KDNB_RENDEZVOUS_TIMEOUT`` (seconds, default 600) bounds the wait."""
     import torch.distributed as dist
     here = launched()
+    device = device or default_device()
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", here.local_rank)
     if dist.is_initialized():
         if dist.get_world_size() != here.size:
             raise RendezvousError(f"the process group has {dist.get_world_size()} ranks but $WORLD_SIZE="
                                   f"{here.size}")
-        return here
+        return device
     missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
     if missing:
         raise RendezvousError(
@@ -113,7 +117,6 @@ def init(device=None):
             f"(the rendezvous, where rank 0 listens) {'is' if len(missing) == 1 else 'are'} not set: launch with "
             f"`torchrun --nproc_per_node={here.size} ...` (several machines: --nnodes and --rdzv-endpoint), "
             f"or unset WORLD_SIZE to train in one process")
-    device = device or default_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
     timeout = float(os.environ.get("KDNB_RENDEZVOUS_TIMEOUT") or 600)
@@ -129,7 +132,7 @@ def init(device=None):
             f"the same --nnodes and --rdzv-endpoint on each), check the address is reachable, or raise "
             f"$KDNB_RENDEZVOUS_TIMEOUT") from None
     atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
-    return here
+    return device
 
 
 def broadcast_object(obj):

@@ -259,7 +259,7 @@ def fit(model, data, method=None, *, epochs=10, batch_size=64, lr=1e-3, weight_d
         check_world(batch_size, len(data.y_train), world.size)
     device = torch.device(device) if device else default_device()
     if world.size > 1:
-        devices.init(device)  # NCCL for CUDA, gloo for the CPU
+        device = devices.init(device)  # NCCL for CUDA, gloo for the CPU; "cuda" is this rank's GPU
 
     torch.manual_seed(seed)  # dropout, parts a method builds in setup, any other randomness in the step
     g = torch.Generator().manual_seed(seed if shuffle_seed is None else shuffle_seed)  # shuffling, augmentation
