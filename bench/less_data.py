@@ -11,12 +11,18 @@ ratio is one way's time over the one-grid time, from runs back to back (the orde
 and the largest difference in best validation accuracy from the one-by-one students (the same
 arithmetic, summed in another order).
 
+The last table is the floor under the chapter's cold time: the matrix products alone of every
+student step the chapter takes (forward, and the backward's weight and input gradients, for the
+quick MLP 40-100-100-10 at batch 128, stacked 30 members at a time as ``torch.bmm``), timed on
+this machine with ``torch.utils.benchmark`` and multiplied by the chapter's member-steps.
+
     python bench/less_data.py [--quick] [--repeats 3] [--steps 290] [--threads 1]
 """
 import statistics
 import time
 
 import torch
+from torch.utils import benchmark
 
 from common import machine_info, parse, parser, table
 from kdnb import data as kdata, experiments, profiles, sweep
@@ -83,6 +89,36 @@ def main(argv=None):
     print()
     print(table(["workload", "students", "way", "time (median)", "its time / one grid's (median)", "range",
                  "best val. accuracy vs one by one, largest difference (samples)"], rows))
+    member_steps = sum(m * s for m, s in CHAPTER)
+    rows = []
+    for threads in (1, 2):
+        per, rate = floor(threads)
+        rows.append([threads, f"{rate:.1f}", f"{per * 1e6:.0f} µs", f"{member_steps:,}", f"{per * member_steps:.0f} s"])
+    torch.set_num_threads(args.threads)
+    print()
+    print(table(["threads", "bare stacked matmul GFLOP/s", "per member-step", "chapter 4's member-steps",
+                 "floor: its matmuls alone"], rows))
+
+
+# Chapter 4's training: (members, steps each) of its stacked grids at the quick profile's budget
+# (fractions; transfer sets, controls and the omitted class; the 3x-steps check).
+CHAPTER = [(30, 2900), (45, 2900), (6, 8700)]
+
+
+def floor(threads, members=30, batch=128, widths=(40, 100, 100, 10)):
+    """Seconds per member-step of the bare matrix products of a stacked MLP step, and GFLOP/s."""
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    shapes = []
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        shapes += [((batch, a), (a, b)), ((b, batch), (batch, a))]  # forward; weight gradient
+        if i:
+            shapes.append(((batch, b), (b, a)))  # input gradient (none for the first layer)
+    xs = [(torch.randn(members, *l, generator=g), torch.randn(members, *r, generator=g)) for l, r in shapes]
+    flops = sum(2 * members * l[0] * l[1] * r[1] for l, r in shapes)
+    t = benchmark.Timer("[torch.bmm(a, b) for a, b in xs]", globals={"torch": torch, "xs": xs},
+                        num_threads=threads).blocked_autorange(min_run_time=1).median
+    return t / members, flops / t / 1e9
 
 
 if __name__ == "__main__":

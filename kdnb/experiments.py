@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import data as datasets, profiles, sweep
+from . import data as datasets, device, profiles, sweep
 from .data import load
 from .teachers import TeacherCache
 from .teachers import predict
@@ -27,8 +27,9 @@ def teacher(profile=None, data=None, progress=None):
 
 
 def teacher_outputs(teacher_model, data):
-    """The teacher's logits on every training sample, looked up by index during training."""
-    return TeacherCache.compute(teacher_model, data.x_train)
+    """The teacher's logits on every training sample, looked up by index during training;
+    under torchrun computed once, on rank 0, and sent to the other ranks."""
+    return device.shared(lambda: TeacherCache.compute(teacher_model, data.x_train))
 
 
 def transfer_split(data, profile=None):

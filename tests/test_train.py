@@ -326,3 +326,14 @@ def test_distill_objective(data):
         Distill(teacher, T=0.0)
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
         Distill(teacher, alpha=lambda p: 2.0)
+
+
+def test_cpu_threads_use_idle_cores_only(monkeypatch):
+    from kdnb import device
+    monkeypatch.setattr(device.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(device.os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # this process alone
+    assert device.cpu_threads(2) == 2 and device.cpu_threads(8) == 2 and device.cpu_threads(1) == 1
+    monkeypatch.setattr(device.os, "getloadavg", lambda: (2.3, 2.0, 2.0))  # another process too
+    assert device.cpu_threads(2) == 1
+    with pytest.raises(ValueError, match="wanted must be a positive integer number of threads, got 0"):
+        device.cpu_threads(0)
