@@ -15,22 +15,25 @@ import os
 import torch
 
 from . import profiles
-from .chains import Link, Root, chain
+from .chains import Link, Root, chain, teacher_of
 from .checks import check_alpha, check_T, check_positive_int
 from .data import load
 from .losses import soft_targets
+from .methods import Distill
 from .teachers import predict
 from .train import progress_bar, trained
 
 SETTINGS = {
     # MNIST-1D, 1-D convnets with batch norm (without it the deeper ones train worse than the
-    # shallow ones in a short budget) and a first width of 8 channels, doubled every second
-    # layer: 2 layers see 6 samples of a 40-long signal, 10 layers all of it, through 128
-    # channels. Adam, cosine; students 6 epochs (~170 steps), teachers 3x that: ~55 models.
+    # shallow ones in a short budget) and a first width of 6 channels, doubled every second
+    # layer: 2 layers see 6 samples of a 40-long signal, 10 layers all of it, through 96
+    # channels. Adam, cosine; students 3 epochs (~90 steps), teachers 3x that: ~55 models in
+    # about a minute of one core (the per-step cost of these small models is mostly overhead,
+    # so steps, not widths, are what the budget buys).
     "quick": {"data": "mnist1d", "depths": (2, 4, 6, 8, 10),
-              "spec": {"name": "convnet", "width": 8, "norm": True, "hidden": 32},
-              "fit": {"epochs": 6, "batch_size": 128, "lr": 1e-2, "schedule": "cosine"},
-              "teacher_epochs": 18, "teacher_seed": 100, "cells": ((0.5, 2.0), (0.9, 4.0))},
+              "spec": {"name": "convnet", "width": 6, "norm": True, "hidden": 32},
+              "fit": {"epochs": 3, "batch_size": 128, "lr": 1e-2, "schedule": "cosine"},
+              "teacher_epochs": 9, "teacher_seed": 100, "cells": ((0.5, 2.0), (0.9, 4.0))},
     # Seed 001 exp 6: CIFAR-10, 2-D convnets of 2-10 conv layers, SGD for 100 epochs, regularised
     # (weight decay, augmentation, batch norm).
     "full": {"data": "cifar10", "depths": (2, 4, 6, 8, 10),
@@ -110,7 +113,7 @@ def baselines(depths, data, *, seeds=None, profile=None, desc="no KD", progress=
     return models, histories
 
 
-def run_path(path, seed, data, alpha, T, *, profile=None, progress=None):
+def run_path(path, seed, data, alpha, T, *, profile=None, progress=None, _stages=None):
     """One chain of the ladder, in one call: the ``path[0]``-layer teacher (:func:`teacher`),
     then each later depth distilled from the one before at ``alpha`` and ``T``, started from
     ``seed``. Returns ``[(model, history), ...]``, one per depth of ``path``."""
@@ -121,22 +124,44 @@ def run_path(path, seed, data, alpha, T, *, profile=None, progress=None):
     check_T(T)
     s = settings(profile)
     links = [Link(spec(d, profile), T=float(T), alpha=float(alpha), seed=seed) for d in path[1:]]
-    return chain(teacher_root(path[0], profile), data, links, progress=progress, **s["fit"])
+    if _stages is None:
+        return chain(teacher_root(path[0], profile), data, links, progress=progress, **s["fit"])
+    # run_paths: stages that paths share (a prefix, for this seed) are trained or loaded once,
+    # and each teacher's logits on the training split computed once (what chain would redo)
+    key = (path[:1],)
+    if key not in _stages:
+        model, history = teacher_root(path[0], profile).train(data, progress=progress, **s["fit"])
+        _stages[key] = (model, history, teacher_of(model, data, s["fit"].get("augment")))
+    elif hasattr(progress, "update"):
+        progress.update(len(_stages[key][1]["epoch"]))
+    out = [_stages[key][:2]]
+    for i, link in enumerate(links):
+        teacher, key = _stages[key][2], (path[:i + 2], seed)
+        if key not in _stages:
+            method = Distill(teacher, link.T, link.alpha)
+            model, history = trained(link.spec, data, method, seed=link.seed, progress=progress, **s["fit"])
+            _stages[key] = (model, history, teacher_of(model, data, s["fit"].get("augment")))
+        elif hasattr(progress, "update"):
+            progress.update(len(_stages[key][1]["epoch"]))
+        out.append(_stages[key][:2])
+    return out
 
 
 def run_paths(paths, data, alpha, T, *, seeds=None, profile=None, desc="paths", progress=None):
     """:func:`run_path` for every path and seed under one progress bar. Returns ``{path: [the
-    last model of each seed]}`` and ``{path: [its history for each seed]}``."""
+    last model of each seed]}`` and ``{path: [its history for each seed]}``. A stage that several
+    paths share is trained (or loaded from the cache) once, as are its logits."""
     s = settings(profile)
     seeds = s["seeds"] if seeds is None else tuple(seeds)
     paths = [check_path(p) for p in paths]
     # a cached stage advances the bar by its epochs too, the teacher's included
     epochs = sum(s["teacher_epochs"] + (len(p) - 1) * s["fit"]["epochs"] for p in paths)
     bar = progress_bar(len(seeds) * epochs, desc, progress)
-    models, histories = {}, {}
+    models, histories, stages = {}, {}, {}
     for p in paths:
         for seed in seeds:
-            model, history = run_path(p, seed, data, alpha, T, profile=profile, progress=bar)[-1]
+            model, history = run_path(p, seed, data, alpha, T, profile=profile, progress=bar,
+                                      _stages=stages)[-1]
             models.setdefault(p, []).append(model)
             histories.setdefault(p, []).append(history)
     bar.close()
@@ -154,17 +179,23 @@ def mean_entropy(logits, T=1.0):
     return -(p * p.clamp_min(1e-30).log()).sum(1).mean().item()
 
 
+def outputs(model, x):
+    """``model``'s logits on ``x``; a tensor is taken as those logits already computed."""
+    return model if isinstance(model, torch.Tensor) else predict(model, x)
+
+
 def agreement(student, teacher, x):
-    """Fraction of inputs ``x`` on which the two models predict the same class (top-1)."""
-    a, b = predict(student, x).argmax(1), predict(teacher, x).argmax(1)
+    """Fraction of inputs ``x`` on which the two models predict the same class (top-1). Either
+    may be given as its logits on ``x`` (a teacher's, computed once for many students)."""
+    a, b = outputs(student, x).argmax(1), outputs(teacher, x).argmax(1)
     return (a == b.to(a.device)).float().mean().item()
 
 
 def soft_kl(student, teacher, x, T):
     """Mean KL(teacher_T || student_T) on ``x`` (nats): how far a student is from its teacher's
-    soft targets at temperature ``T``."""
-    log_s = torch.log_softmax(predict(student, x).float() / check_T(T), 1)
-    log_t = torch.log_softmax(predict(teacher, x).float().to(log_s.device) / T, 1)
+    soft targets at temperature ``T``. Either may be given as its logits on ``x``."""
+    log_s = torch.log_softmax(outputs(student, x).float() / check_T(T), 1)
+    log_t = torch.log_softmax(outputs(teacher, x).float().to(log_s.device) / T, 1)
     return (log_t.exp() * (log_t - log_s)).sum(1).mean().item()
 
 
