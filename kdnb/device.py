@@ -177,14 +177,24 @@ def average_gradients(params, size):
         p.grad = g.view_as(p).to(p.dtype)
 
 
+_sharing = []
+
+
 def shared(compute):
     """``compute()`` run once, on rank 0, and its value sent to every rank: a teacher's outputs, a
     cache entry. Plainly ``compute()`` in one process."""
     here = ranks()
-    if here.size == 1:
+    if here.size == 1 or _sharing:  # nested in another shared(): rank 0 alone is running it
         return compute()
     init()
-    return broadcast_object(compute() if here.main else None)
+    value = None
+    if here.main:
+        _sharing.append(1)
+        try:
+            value = compute()
+        finally:
+            _sharing.pop()
+    return broadcast_object(value)
 
 
 def cpu_threads(wanted):

@@ -30,7 +30,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from . import losses, models, store
-from .device import autocast, default_device, fits_on, shared
+from .device import autocast, default_device, fits_on
 from .methods import Distill, TeacherLabels, hinton
 from .teachers import TeacherCache, logits_of, predict
 from .train import NonFiniteLoss, check_fit_args, data_key, fit, progress_default, training_code
@@ -150,8 +150,7 @@ def teacher_table(teacher_logits, data):
     """The teacher's logits on every training sample, from a tensor, a ``TeacherCache`` or the
     teacher model itself (run once over the training split)."""
     if isinstance(teacher_logits, nn.Module):
-        model = teacher_logits  # under torchrun: computed once, on rank 0, and sent to the others
-        teacher_logits = shared(lambda: TeacherCache.compute(model, data.x_train))
+        teacher_logits = TeacherCache.compute(teacher_logits, data.x_train)
     logits = teacher_logits.logits if isinstance(teacher_logits, TeacherCache) else teacher_logits
     losses.check_logits("teacher_logits", logits)
     if len(logits) != len(data.y_train) or logits.shape[1] != data.classes:
