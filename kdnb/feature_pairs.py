@@ -5,10 +5,13 @@ the same depth (width 8) on MNIST-1D; their two stages end at nodes ``"4"`` and 
 each max-pool), the ReLUs before them (``"3"``, ``"8"``) keep the full length for attention maps.
 ``full``: seed 002's CIFAR-10 pair, ResNet-50 → ResNet-18 (CIFAR stems), the outputs of the four
 stages (channels 256, 512, 1024, 2048 → 64, 128, 256, 512), trained as seed 001's CIFAR pair is
-(SGD, cosine, crops and flips), so the teacher runs live. ``$KDNB_SMOKE=1``: one epoch of each.
+(SGD, cosine, crops and flips), so the teacher runs live. ``$KDNB_SMOKE=1``: one epoch of each,
+two seeds (``FeaturePair.seeds``) and, in the full profile, a few training images.
 """
 import os
 from dataclasses import dataclass
+
+import torch
 
 from . import profiles
 from .data import load
@@ -17,6 +20,7 @@ from .methods import TeacherFeatures
 from .teachers import FrozenTeacher, TeacherCache
 from .train import progress_bar, trained
 
+SMOKE_IMAGES = 8  # $KDNB_SMOKE=1: the training images the full profile's pair keeps
 RESNET18_STAGES = [f"layer{i}.1.relu_1" for i in range(1, 5)]
 RESNET50_STAGES = [f"layer{i}.{n - 1}.relu_2" for i, n in zip(range(1, 5), (3, 4, 6, 3))]
 
@@ -45,6 +49,18 @@ SETTINGS = {
 }
 
 
+class DescribedOnce(FrozenTeacher):
+    """A :class:`~kdnb.teachers.FrozenTeacher` that describes its model for cache keys once, not
+    once per student: describing a ResNet-50 walks its ~150 modules (each one's type, code and
+    weights), which took the full profile's smoke test more time than its training. The model
+    is frozen, so its description can't change."""
+
+    def cache_description(self, describe):
+        if "description" not in self.__dict__:
+            self.__dict__["description"] = super().cache_description(describe)
+        return self.__dict__["description"]
+
+
 @dataclass
 class FeaturePair:
     """A teacher, what its methods read (``logits``: a TeacherCache or, on augmented batches, the
@@ -61,6 +77,7 @@ class FeaturePair:
     stages: list
     attention: list
     hint: tuple
+    seeds: tuple = (0, 1, 2)
 
 
 def pair(profile=None, root=None):
@@ -71,6 +88,8 @@ def pair(profile=None, root=None):
     fit_args = {**s["fit"], "epochs": 1} if smoke else dict(s["fit"])
     if "teacher" in s:
         data = load(s["data"], root=root)
+        if smoke:  # one step on a few images: each ResNet student's cost is its images
+            data = data.with_train(torch.arange(min(SMOKE_IMAGES, len(data.y_train))))
         teacher_fit = {**s["teacher_fit"], "epochs": 1} if smoke else s["teacher_fit"]
         bar = progress_bar(teacher_fit["epochs"], f"teacher {s['teacher']['name']} on {data.name}")
         model, _ = trained(s["teacher"], data, progress=bar, **teacher_fit)
@@ -80,9 +99,10 @@ def pair(profile=None, root=None):
     model.eval()
     nodes = list(dict.fromkeys(t for _, t in [*s["stages"], *s["attention"], s["hint"]]))
     if fit_args.get("augment"):  # augmented batches: the teacher runs live on them, traced once
-        logits, features = model, FrozenTeacher(model, nodes)
+        logits, features = DescribedOnce(model), DescribedOnce(model, nodes)
     else:
         logits = TeacherCache.compute(model, data.x_train)
         features = TeacherFeatures.compute(model, data.x_train, nodes)
     return FeaturePair(data, model, logits, features, s["student"], fit_args,
-                       1 if smoke else s["stage1_epochs"], s["stages"], s["attention"], tuple(s["hint"]))
+                       1 if smoke else s["stage1_epochs"], s["stages"], s["attention"], tuple(s["hint"]),
+                       tuple(p.seeds[:2]) if smoke else tuple(p.seeds))

@@ -86,6 +86,84 @@ def needs(config, profile):
     return missing
 
 
+# Each data set's input shape and classes, for building a config's models without its data.
+SHAPES = {"digits": (1, 8, 8), "mnist1d": (1, 40), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
+          "cifar10": (3, 32, 32), "svhn": (3, 32, 32), "notmnist": (1, 28, 28)}
+
+
+SMOKE_IMAGES = 8  # the training images a full-profile run keeps under $KDNB_SMOKE=1
+FLOPS = {}  # (spec, data) -> flops: a build is checked once per process
+
+
+def flops(spec, data):
+    """Forward FLOPs of one input of data set ``data`` through the model ``spec``, built and run
+    on the meta device (no memory, no arithmetic): a check that the model builds and takes the
+    data's inputs, and what one sample costs it."""
+    from torch.utils.flop_counter import FlopCounterMode
+    key = json.dumps([spec, data], sort_keys=True)
+    if key not in FLOPS:
+        with torch.device("meta"):
+            model = models.build(spec, SHAPES[data], 10).eval()
+            x = torch.zeros(1, *SHAPES[data])
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(x)
+        FLOPS[key] = counter.get_total_flops()
+    return FLOPS[key]
+
+
+def features(config, profile):
+    """What a run of ``config`` in ``profile`` exercises: its data set, each (method, augmented)
+    pair, and its arms' kinds (taught by an earlier arm, on a fraction of the labels, with their
+    own fit arguments)."""
+    s = config.setting(profile)
+    augment = bool(s.student_fit.get("augment"))
+    out = {("data", s.data)} | {("method", a.method, augment) for a in s.arms}
+    out |= {("teacher arm",) for a in s.arms if a.teacher != "teacher"}
+    out |= {("fraction",) for a in s.arms if a.fraction < 1} | {("arm fit",) for a in s.arms if a.fit}
+    return out
+
+
+def cover(candidates, profile, cost):
+    """Greedily, the fewest ``candidates`` that exercise what all of them do, cheapest first."""
+    todo, chosen = set().union(set(), *(features(c, profile) for c in candidates)), []
+    while todo:
+        best = max(candidates, key=lambda c: (len(features(c, profile) & todo), -cost[c.name]))
+        chosen.append(best.name)
+        todo -= features(best, profile)
+    return chosen
+
+
+def on_disk(data, root=None):
+    try:
+        datasets.load(data, root=root)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def selection(profile="full", root=None):
+    """The configs a chapter trains in ``profile``: every one that kdnb can run. Under
+    ``$KDNB_SMOKE=1`` (the tests' one epoch of everything on tiny files) the fewest of them,
+    cheapest first by FLOPs per sample, whose data is on disk and that together exercise every
+    data set, (method, augmentation) pair and kind of arm the others do (:func:`features`), and
+    one config of each data set that is not on disk (the run that says so); every config's
+    models are still built (:func:`flops`), so a spec that doesn't build is caught either way."""
+    runnable = [c for c in configs.CONFIGS.values() if not needs(c, profile)]
+    cost = {}
+    for c in runnable:
+        s = c.setting(profile)
+        cost[c.name] = sum(flops(spec, s.data) for spec in [s.teacher, *(a.student for a in s.arms)])
+    if os.environ.get("KDNB_SMOKE") != "1":
+        return [c.name for c in runnable]
+    here = {c.name for c in runnable if on_disk(c.setting(profile).data, root)}
+    chosen = cover([c for c in runnable if c.name in here], profile, cost)
+    # and, for each data set not on disk, one run that says so
+    missing = {c.setting(profile).data: c.name for c in sorted(runnable, key=lambda c: -cost[c.name])
+               if c.name not in here}
+    chosen += list(missing.values())
+    return [c.name for c in runnable if c.name in chosen]
+
+
 def check_args(name, profile, seeds, epochs):
     config = configs.get(name)
     config.setting(profile)
@@ -105,7 +183,8 @@ def slug(text):
 
 def plan(name, profile=None, seeds=None, epochs=None):
     """What a run trains, as JSON: the arguments and the resolved setting. ``$KDNB_SMOKE=1``
-    trains one epoch of everything, like the chapters, and one seed."""
+    trains one epoch of everything, like the chapters, and one seed (in the full profile, on
+    the first ``SMOKE_IMAGES`` training images)."""
     profile = profiles.get(profile).name
     smoke = os.environ.get("KDNB_SMOKE") == "1"
     epochs = 1 if smoke and epochs is None else epochs
@@ -139,7 +218,7 @@ def arm_epochs(setting, arm, n_train):
     if arm["fraction"] == 1:
         return fit_args["epochs"]
     steps = fit_args["epochs"] * math.ceil(n_train / fit_args["batch_size"])
-    return profiles.epochs_for(round(arm["fraction"] * n_train), steps, fit_args["batch_size"])
+    return profiles.epochs_for(max(1, round(arm["fraction"] * n_train)), steps, fit_args["batch_size"])
 
 
 def stage_epochs(arm, epochs):
@@ -206,6 +285,8 @@ def execute(job, out, progress, root):
     t0, setting = time.time(), job["setting"]
     torch.set_num_threads(profiles.get(job["profile"]).threads)
     base = datasets.load(setting["data"], root=root)
+    if job.get("smoke") and job["profile"] == "full":  # the tests' smoke run: one step on a few images
+        base = base.with_train(torch.arange(min(SMOKE_IMAGES, len(base.y_train))))
     plan_units = units(setting, len(base.y_train))
     bar = progress_bar(sum(u[-1] for u in plan_units), f"{job['experiment']} ({job['profile']})", progress)
     histories, trained_models, train_time = {}, {}, 0.0
