@@ -6,10 +6,10 @@ each max-pool), the ReLUs before them (``"3"``, ``"8"``) keep the full length fo
 ``full``: seed 002's CIFAR-10 pair, ResNet-50 → ResNet-18 (CIFAR stems), the outputs of the four
 stages (channels 256, 512, 1024, 2048 → 64, 128, 256, 512), trained as seed 001's CIFAR pair is
 (SGD, cosine, crops and flips), so the teacher runs live. ``$KDNB_SMOKE=1``: one epoch of each,
-two seeds (``FeaturePair.seeds``) and, in the full profile, a few training images.
+two seeds (``FeaturePair.seeds``) and, in the full profile, a few training and test images.
 """
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -20,7 +20,7 @@ from .methods import TeacherFeatures
 from .teachers import FrozenTeacher, TeacherCache
 from .train import progress_bar, trained
 
-SMOKE_IMAGES = 8  # $KDNB_SMOKE=1: the training images the full profile's pair keeps
+SMOKE_IMAGES = 4  # $KDNB_SMOKE=1: the training and test images the full profile's pair keeps
 RESNET18_STAGES = [f"layer{i}.1.relu_1" for i in range(1, 5)]
 RESNET50_STAGES = [f"layer{i}.{n - 1}.relu_2" for i, n in zip(range(1, 5), (3, 4, 6, 3))]
 
@@ -88,8 +88,10 @@ def pair(profile=None, root=None):
     fit_args = {**s["fit"], "epochs": 1} if smoke else dict(s["fit"])
     if "teacher" in s:
         data = load(s["data"], root=root)
-        if smoke:  # one step on a few images: each ResNet student's cost is its images
-            data = data.with_train(torch.arange(min(SMOKE_IMAGES, len(data.y_train))))
+        if smoke:  # one step on a few images, tested on a few: a ResNet student costs its images
+            n = SMOKE_IMAGES
+            data = replace(data.with_train(torch.arange(min(n, len(data.y_train)))),
+                           x_test=data.x_test[:n], y_test=data.y_test[:n])
         teacher_fit = {**s["teacher_fit"], "epochs": 1} if smoke else s["teacher_fit"]
         bar = progress_bar(teacher_fit["epochs"], f"teacher {s['teacher']['name']} on {data.name}")
         model, _ = trained(s["teacher"], data, progress=bar, **teacher_fit)
