@@ -156,7 +156,9 @@ def do_resume(args, p):
 
 
 def summary(results, out):
-    from . import runs
+    from . import device, runs
+    if not device.is_main():  # under torchrun: rank 0 reports for all
+        return
     print(f"{results['experiment']} ({results['profile']}): teacher {results['teacher']['test_acc']:.1%}")
     for arm in results["arms"]:
         print(f"  {arm}: {runs.cell(results, arm)}")

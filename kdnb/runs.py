@@ -25,7 +25,7 @@ import torch
 
 from . import configs, data as datasets, models, profiles, store
 from .chains import teacher_of
-from .device import default_device
+from .device import default_device, is_main
 from .methods import GANKD, CrossEntropy, Distill, Hint
 from .train import evaluate, fit, progress_bar, trained
 
@@ -237,7 +237,8 @@ def train_unit(unit, spec, data, method, seed, init, fit_args, out, bar):
         model.load_state_dict(init.state_dict())
     history = fit(model, data, method, seed=seed, checkpoint=out / "checkpoints" / f"{unit}.ckpt", progress=bar,
                   **fit_args)
-    store.save({k: v.cpu() for k, v in model.state_dict().items()}, out / "models" / f"{unit}.pt")
+    if is_main():  # under torchrun every rank holds the same weights: one writes them
+        store.save({k: v.cpu() for k, v in model.state_dict().items()}, out / "models" / f"{unit}.pt")
     return model.eval(), history
 
 
@@ -250,14 +251,15 @@ def run(name, profile=None, seeds=None, epochs=None, out=None, progress=None, ro
     if out is not None:
         out = Path(out)
         saved = out / "run.json"
-        if saved.exists():
+        if saved.exists() and is_main():  # under torchrun rank 0 checks and writes it
             before = json.loads(saved.read_text())
             if before != job:
                 diff = ", ".join(k for k in job if before.get(k) != job[k])
                 raise ValueError(f"out {str(out)!r} holds another run ({diff} differ); resume it with "
                                  f"`kdnb resume {out}` or pass another --out")
         out.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(job, indent=1, ensure_ascii=False))
+        if is_main():
+            saved.write_text(json.dumps(job, indent=1, ensure_ascii=False))
     return execute(job, out, progress, root)
 
 
@@ -306,7 +308,7 @@ def execute(job, out, progress, root):
         model, h = train_unit(unit, arm["student"], data, method, seed, init, fit_args, out, bar)
         histories[unit] = h
         trained_models[(arm["name"], seed)] = model
-        if out is not None:
+        if out is not None and is_main():
             clock(out, t0)
         if stage == len(stage_epochs(arm, arm_epochs(setting, arm, len(base.y_train)))) - 1:
             r = arms.setdefault(arm["name"], {"test_acc": [], "histories": [], "epochs": epochs,
@@ -324,7 +326,7 @@ def execute(job, out, progress, root):
                "arms": arms, "histories": histories, "machine": machine(), "versions": versions(),
                "train_time_s": train_time, "wall_time_s": time.time() - t0,
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "figures": []}
-    if out is not None:
+    if out is not None and is_main():  # the other ranks return the same results, unwritten
         results["wall_time_s"] = clock(out, t0)
         results["figures"] = figures(results, out / "figures")
         (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))

@@ -182,11 +182,17 @@ def type_key(obj, where, is_type=False):
             raise Uncacheable(f"{where} is an instance of {cls.__qualname__}, whose source kdnb can't read "
                               f"(defined in a notebook?); define it in a .py file, or train with "
                               f"kdnb.train.fit (uncached)") from None
+    return f"{module}.{cls.__qualname__}@{top}-{package_version(top)}"
+
+
+@functools.lru_cache(maxsize=None)
+def package_version(top):
+    # Read once per package: the metadata lookup scans sys.path, and describing a live teacher
+    # asks it for every module of the model (chapter 7's ResNets: thousands of times).
     try:
-        version = importlib.metadata.version(top)
+        return importlib.metadata.version(top)
     except importlib.metadata.PackageNotFoundError:
-        version = "?"
-    return f"{module}.{cls.__qualname__}@{top}-{version}"
+        return "?"
 
 
 def code_names(code):
