@@ -138,8 +138,11 @@ def adversarial(student, published):
     return (Arm("alone", student, published=published.get("alone", "")),
             Arm("KD", student, "kd", kd(4.0, 0.5), published=published.get("KD", "")),
             Arm("GAN KD", student, "gan_kd", {"alpha": 1.0, "beta": 1.0, "gamma": 1.0},
-                published=published.get("GAN KD", "")))
-    # WGAN KD and the pre-trained discriminator go here when kdnb.methods.adversarial has them.
+                published=published.get("GAN KD", "")),
+            Arm("WGAN KD", student, "wgan_kd", {"alpha": 1.0, "beta": 1.0, "gamma": 1.0, "lipschitz": "gp"},
+                published=published.get("WGAN KD", "")))
+    # The pre-trained discriminator (methods.FrozenD) needs a discriminator trained before the
+    # student: not an arm yet (chapter 8 trains it through discriminator_data).
 
 
 def fitnets(student, hint, guided, published=""):
@@ -281,12 +284,12 @@ CONFIGS = {c.name: c for c in [
                                {("alone", 0.05): "65.86 %", ("KD", 0.05): "66.71 %"})),
         notes="step-matched: 5 % of the data trains 20 times the epochs"),
     Config(
-        "seed004-mnist", "MNIST: KD and GAN KD (a discriminator on logits trained on the go)", "8", "004",
+        "seed004-mnist", "MNIST: KD, GAN KD and WGAN KD (a discriminator or critic on logits trained on the go)", "8", "004",
         quick=Setting("digits", D_TEACHER, D_TEACHER_FIT, D_FIT, adversarial(D_STUDENT, {})),
         full=Setting("mnist", MNIST_TEACHER, MNIST_FIT, MNIST_FIT, adversarial(MNIST_STUDENT, {})),
         notes="the poster reports losses only; its models are not given (ours: Hinton's MLPs)"),
     Config(
-        "seed004-svhn", "SVHN: KD and GAN KD", "8", "004",
+        "seed004-svhn", "SVHN: KD, GAN KD and WGAN KD", "8", "004",
         quick=Setting("mnist1d", Q_TEACHER, Q_TEACHER_FIT, Q_FIT, adversarial(Q_MLP, {})),
         full=Setting("svhn", CIFAR_TEACHER, CIFAR_TEACHER_FIT, CIFAR_FIT, adversarial(CIFAR_STUDENT, {})),
         notes="the poster reports losses only; ours: seed 001's CIFAR-10 pair"),
@@ -298,7 +301,7 @@ CONFIGS = {c.name: c for c in [
                      fitnets({"name": "mlp", "hidden": [300, 300, 300, 300]}, hint="2", guided="4")),
         notes="thin and deep student; hint: the teacher's first hidden layer, guided: the student's second"),
     Config(
-        "seed004-notmnist", "notMNIST: KD and GAN KD", "8", "004",
+        "seed004-notmnist", "notMNIST: KD, GAN KD and WGAN KD", "8", "004",
         quick=Setting("digits", D_TEACHER, D_TEACHER_FIT, D_FIT, adversarial(D_STUDENT, {})),
         full=Setting("notmnist", MNIST_TEACHER, MNIST_FIT, MNIST_FIT, adversarial(MNIST_STUDENT, {}))),
 ]}

@@ -26,7 +26,7 @@ import torch
 from . import configs, data as datasets, models, profiles, store
 from .chains import teacher_of
 from .device import default_device, is_main
-from .methods import GANKD, CrossEntropy, Distill, Hint
+from .methods import GANKD, WGANKD, CrossEntropy, Distill, Hint
 from .train import evaluate, fit, progress_bar, trained
 
 
@@ -63,6 +63,8 @@ METHODS = {
     "kd_decay": kd_decay,
     "gan_kd": lambda teacher, data, ctx, **o: [
         GANKD(teacher_of(teacher, data, ctx["augment"]), classes=data.classes, seed=ctx["seed"], **o)],
+    "wgan_kd": lambda teacher, data, ctx, **o: [
+        WGANKD(teacher_of(teacher, data, ctx["augment"]), classes=data.classes, seed=ctx["seed"], **o)],
     "fitnets": fitnets,
 }
 
