@@ -11,42 +11,19 @@ to be killed. A run that ends saves the student's and the method's final state a
 to OUT.
 """
 import argparse
-import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from resume_worker import toy_data  # noqa: E402
+from resume_worker import Stalls, stalls, toy_data  # noqa: E402
 
 from kdnb import models, store, train  # noqa: E402
 from kdnb.methods import GANKD, WGANKD  # noqa: E402
 
-EPOCHS, BATCH, STALL_STEP = 4, 32, 2
+EPOCHS, BATCH = 4, 32  # it stalls at resume_worker's STALL_STEP
 SPEC = {"name": "mlp", "hidden": [32]}
-
-
-class Stalls:
-    """Mixed into a method: logs each epoch, stalls mid-epoch when told (private: runtime state)."""
-
-    def note(self, text):
-        with open(self._log, "a") as f:
-            f.write(f"{os.getpid()} {text}\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def start_epoch(self, epoch, epochs):
-        self._epoch, self._step = epoch, 0
-        self.note(f"epoch {epoch}")
-
-    def losses(self, logits, batch):
-        if self._epoch == self._stall_epoch and self._step == STALL_STEP:
-            self.note(f"stall {self._epoch}")
-            time.sleep(600)  # killed here, mid-epoch
-        self._step += 1
-        return super().losses(logits, batch)
 
 
 class StallingGAN(Stalls, GANKD):
@@ -75,7 +52,7 @@ def main():
     data = toy_data()
     teacher = models.build(SPEC, data.shape, data.classes, seed=1)
     m = method(args.method, teacher, data.classes)
-    m._log, m._stall_epoch, m._epoch, m._step = args.log, args.stall_epoch, 0, 0
+    stalls(m, args.log, args.stall_epoch)
     model = models.build(SPEC, data.shape, data.classes, seed=0)
     history = train.fit(model, data, m, epochs=EPOCHS, batch_size=BATCH, lr=1e-2, seed=0,
                         checkpoint=args.checkpoint, progress=False)  # device: $KDNB_DEVICE

@@ -33,11 +33,10 @@ def toy_data(seed=0, n=192, classes=4):
     return Data("toy", x[:a], y[:a], x[a:b], y[a:b], x[b:], y[b:], classes, (1, 8, 8))
 
 
-class LoggedCrossEntropy(CrossEntropy):
-    def __init__(self, log, stall_epoch=None):
-        super().__init__()
-        # Private: runtime state, not part of the method's description (the resumed run stalls nowhere).
-        self._log, self._stall_epoch, self._epoch, self._step = log, stall_epoch, 0, 0
+class Stalls:
+    """Mixed into a method: logs each epoch, stalls mid-epoch when told. Its fields are private
+    (runtime state, not part of the method's description: the resumed run stalls nowhere);
+    ``stalls(method, log, stall_epoch)`` sets them. tests/adversarial_worker.py mixes it in too."""
 
     def note(self, text):
         with open(self._log, "a") as f:
@@ -55,6 +54,17 @@ class LoggedCrossEntropy(CrossEntropy):
             time.sleep(600)  # killed here, mid-epoch
         self._step += 1
         return super().losses(logits, batch)
+
+
+def stalls(method, log, stall_epoch=None):
+    method._log, method._stall_epoch, method._epoch, method._step = log, stall_epoch, 0, 0
+    return method
+
+
+class LoggedCrossEntropy(Stalls, CrossEntropy):
+    def __init__(self, log, stall_epoch=None):
+        super().__init__()
+        stalls(self, log, stall_epoch)
 
 
 def main():
