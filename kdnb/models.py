@@ -58,24 +58,24 @@ def convnet(in_shape, depth=2, width=16, classes=10, dims=None, norm=False, hidd
     return nn.Sequential(*layers, pool, *head, nn.Linear(hidden, classes))
 
 
-def resnet18_cifar(in_shape=(3, 32, 32), classes=10):
-    """torchvision's ResNet-18 with the CIFAR stem: a 3×3 stride-1 first conv and no max-pool."""
+def cifar_resnet(name, in_shape, classes):
+    """torchvision's ResNet ``name`` with the CIFAR stem: a 3×3 stride-1 first conv and no max-pool."""
     import torchvision
     in_shape = check_shape(in_shape)
-    m = torchvision.models.resnet18(num_classes=check_positive_int("classes", classes))
+    m = getattr(torchvision.models, name)(num_classes=check_positive_int("classes", classes))
     m.conv1 = nn.Conv2d(in_shape[0], 64, 3, stride=1, padding=1, bias=False)
     m.maxpool = nn.Identity()
     return m
+
+
+def resnet18_cifar(in_shape=(3, 32, 32), classes=10):
+    """torchvision's ResNet-18 with the CIFAR stem."""
+    return cifar_resnet("resnet18", in_shape, classes)
 
 
 def resnet50_cifar(in_shape=(3, 32, 32), classes=10):
     """torchvision's ResNet-50 with the CIFAR stem (seed 002's teacher; chapter 7)."""
-    import torchvision
-    in_shape = check_shape(in_shape)
-    m = torchvision.models.resnet50(num_classes=check_positive_int("classes", classes))
-    m.conv1 = nn.Conv2d(in_shape[0], 64, 3, stride=1, padding=1, bias=False)
-    m.maxpool = nn.Identity()
-    return m
+    return cifar_resnet("resnet50", in_shape, classes)
 
 
 def conv_mlp(in_shape, filters=32, hidden=(128,), classes=10, dropout=0.0):
