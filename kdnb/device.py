@@ -197,20 +197,12 @@ def shared(compute):
     return broadcast_object(value)
 
 
-def cpu_threads(wanted):
-    """CPU threads for a stacked grid: ``wanted`` when the cores are idle but for this process,
-    else 1. On this project's 2-core machine a second thread makes a grid's matrix products about
-    1.5x faster when idle, and about 5x slower once another process shares the cores (spinning
-    threads wait on each other: ``bench/less_data.py``'s floor table). The 1-minute load average
-    counts this process too, so below ``cores - 0.5`` nothing else is running."""
-    if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1:
-        raise ValueError(f"wanted must be a positive integer number of threads, got {wanted!r}")
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:  # no load average on this platform: don't guess
-        return 1
-    return min(wanted, cores) if busy < cores - 0.5 else 1
+def numerics(device=None):
+    """What, besides the config, decides a run's last bits: on the CPU the thread count (a
+    reduction split over 2 threads rounds differently from one over 1), elsewhere the device type.
+    Part of every training cache key, so a result is never served to a run on other numerics."""
+    device = torch.device(device) if device is not None else default_device()
+    return {"cpu_threads": torch.get_num_threads()} if device.type == "cpu" else {"device": device.type}
 
 
 def autocast(device):

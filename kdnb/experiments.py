@@ -18,10 +18,10 @@ def teacher(profile=None, data=None, progress=None):
     """The profile's teacher, trained once and then loaded from the cache.
     Returns ``(model, history, data)``; the model is in eval mode."""
     p = profiles.get(profile)
-    data = data or load(p.data)
+    data = data or load(p.data, seed=p.seed(0))
     bar = progress_bar(p.teacher_epochs, f"teacher {p.teacher['name']} on {data.name}", progress)
     model, history = trained(p.teacher, data, epochs=p.teacher_epochs, batch_size=p.batch_size, lr=p.teacher_lr,
-                             progress=bar, **p.extra.get("teacher_fit", {}))
+                             seed=p.seed(0), progress=bar, **p.extra.get("teacher_fit", {}))
     bar.close()
     return model, history, data
 
@@ -32,6 +32,13 @@ def teacher_outputs(teacher_model, data):
     return device.shared(lambda: TeacherCache.compute(teacher_model, data.x_train))
 
 
+def transfer_seed(profile=None):
+    """The generator seed of a profile's MNIST-1D transfer set: 1, shifted by the seed offset
+    (stepping over the seeds of the embedded training and evaluation signals)."""
+    s = profiles.get(profile).seed(1)
+    return s + 2 if s in (datasets.MNIST1D_SEED, datasets.MNIST1D_EVAL_SEED) else s
+
+
 def transfer_split(data, profile=None):
     """``(labelled, transfer)``: the labelled training split, and a transfer set for a teacher to
     label. MNIST-1D: all its signals labelled, and the transfer set adds ``profile.transfer_set``
@@ -40,7 +47,7 @@ def transfer_split(data, profile=None):
     that use them, and a method with ``labels=False`` never shows them to the student)."""
     p = profiles.get(profile)
     if data.name == "mnist1d":
-        return data, datasets.with_transfer_set(data, p.transfer_set)
+        return data, datasets.with_transfer_set(data, p.transfer_set, seed=transfer_seed(p))
     return data.subset(p.labelled_fraction), data
 
 
@@ -125,13 +132,14 @@ def teacher_on(pair, data):
     return pair.teacher if pair.fit_args.get("augment") else teacher_outputs(pair.teacher, data)
 
 
-def stacked(pair, pool, runs, steps, seeds=(0, 1, 2), progress=None):
+def stacked(pair, pool, runs, steps, seeds=None, progress=None):
     """Students of ``pair`` for every run and seed, step-matched, trained as one stacked grid
     (``kdnb.sweep.trained_grid``, cached). ``runs`` is ``{name: {"alpha", "T"}}`` with, each
     optionally, ``"train"`` (indices into ``pool``'s training split; default all of it),
     ``"labels"`` (``"teacher"``: the teacher's argmax) and ``"steps"`` (default ``steps``): Hinton
     KD from ``pair``'s teacher at (α, T) on those samples, about ``steps`` steps in whole epochs.
     Returns ``{name: {"test_acc", "models", "histories", "epochs", "steps"}}``, seeds in order."""
+    seeds = profiles.get().seeds if seeds is None else seeds
     batch, members, names = pair.fit_args["batch_size"], [], []
     for name, run in runs.items():
         n = len(pool.y_train) if run.get("train") is None else len(run["train"])

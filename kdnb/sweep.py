@@ -30,6 +30,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from . import losses, models, store
+from . import device as devices
 from .device import autocast, default_device, fits_on
 from .methods import Distill, TeacherLabels, hinton
 from .teachers import TeacherCache, logits_of, predict
@@ -593,7 +594,8 @@ def trained_grid(spec, data, teacher, members, *, key=None, **fit_grid_kwargs):
                  for m in members]  # a member's samples by their indices' checksum
     config = {"spec": spec, "code": training_code(hinton, sys.modules[__name__]), "data": data_key(data),
               "teacher": keys if isinstance(teacher, list) else keys[0], "members": described,
-              "fit": {k: v for k, v in fit_grid_kwargs.items() if k not in ("device", "progress")}, "extra": key}
+              "fit": {k: v for k, v in fit_grid_kwargs.items() if k not in ("device", "progress")}, "extra": key,
+              "numerics": devices.numerics(fit_grid_kwargs.get("device"))}
 
     def compute():
         r = fit_grid(spec, data, teacher, members, **fit_grid_kwargs)

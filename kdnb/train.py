@@ -498,7 +498,7 @@ def trained(spec, data, method=None, *, seed=0, init=None, key=None, progress=No
         init = init.state_dict()
     try:
         config = {"spec": spec, "code": training_code(method), "data": data_key(data), "method": describe(method),
-                  "fit": fit_kwargs, "seed": seed, "extra": key,
+                  "fit": fit_kwargs, "seed": seed, "extra": key, "numerics": devices.numerics(device),
                   "init": store.tensor_hash(*init.values(), text=" ".join(init)) if init else None}
     except Uncacheable as err:
         raise Uncacheable(f"trained() can't cache this run: {err}") from None

@@ -17,6 +17,8 @@ def kdnb_env(tmp_path_factory):
         mp.setenv("KDNB_PROGRESS", "0")
         mp.delenv("KDNB_DEVICE", raising=False)
         mp.delenv("KDNB_PROFILE", raising=False)
+        mp.delenv("KDNB_SEED_OFFSET", raising=False)  # the book's runs take them; unit tests state theirs
+        mp.delenv("KDNB_THREADS", raising=False)
         yield
 
 

@@ -19,6 +19,7 @@ LAYERS = [
     {"experiments", "configs", "capacity", "distributed"},    # the chapters' shared experiments, seeds' configs; grids over ranks
     {"runs", "feature_pairs"},                                # a config run, to results; chapter 7's pairs
     {"widgets", "plots", "cli", "__init__"},                  # faces
+    {"stats"},                                                # a chapter's declared claims, checked
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

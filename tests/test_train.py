@@ -328,12 +328,35 @@ def test_distill_objective(data):
         Distill(teacher, alpha=lambda p: 2.0)
 
 
-def test_cpu_threads_use_idle_cores_only(monkeypatch):
-    from kdnb import device
-    monkeypatch.setattr(device.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(device.os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # this process alone
-    assert device.cpu_threads(2) == 2 and device.cpu_threads(8) == 2 and device.cpu_threads(1) == 1
-    monkeypatch.setattr(device.os, "getloadavg", lambda: (2.3, 2.0, 2.0))  # another process too
-    assert device.cpu_threads(2) == 1
-    with pytest.raises(ValueError, match="wanted must be a positive integer number of threads, got 0"):
-        device.cpu_threads(0)
+def test_thread_count_comes_from_the_profile_never_the_load(monkeypatch):
+    """The profile fixes the thread count ($KDNB_THREADS overrides it); the machine's load never
+    picks it, and the training cache keys a run by the threads it ran on."""
+    from kdnb import device, profiles
+    assert not hasattr(device, "cpu_threads")
+    monkeypatch.setattr(profiles.os, "getloadavg", lambda: (0.0, 0.0, 0.0), raising=False)
+    assert profiles.get("quick").threads == 1
+    monkeypatch.setenv("KDNB_THREADS", "2")
+    assert profiles.get("quick").threads == 2
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("KDNB_THREADS", bad)
+        with pytest.raises(ValueError, match=r"\$KDNB_THREADS must be an integer >= 1"):
+            profiles.get("quick")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = device.numerics("cpu")
+        torch.set_num_threads(2)
+        assert device.numerics("cpu") != one
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_seed_offset_shifts_every_profile_seed(monkeypatch):
+    from kdnb import profiles
+    monkeypatch.setenv("KDNB_SEED_OFFSET", "1000")
+    p = profiles.get("quick")
+    assert p.seeds == (1000, 1001, 1002) and p.seed(0) == 1000 and p.seed(100) == 1100
+    assert p.seed_list(10) == tuple(range(1000, 1010))
+    monkeypatch.setenv("KDNB_SEED_OFFSET", "-3")
+    with pytest.raises(ValueError, match=r"\$KDNB_SEED_OFFSET must be an integer >= 0, got '-3'"):
+        profiles.get("quick")
