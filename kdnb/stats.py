@@ -181,7 +181,8 @@ class Claims:
         rows = []
         for c, verdict, holds in self.verdicts():
             lo, hi = c.diff.interval()
-            said = {"equivalent": f"equivalent within ±{c.margin * self.scale:g}{self.unit}"}.get(c.expect, c.expect)
+            said = (f"equivalent within ±{c.margin * self.scale:g}{self.unit}" if c.expect == "equivalent"
+                    else c.expect)
             rows.append([c.text, f"{c.diff.mean * self.scale:+.1f}", f"{lo * self.scale:+.1f} to {hi * self.scale:+.1f}",
                          c.diff.n, said if c.primary else "—", verdict,
                          ("✓" if holds else "✗") if c.expect != "shown" else "—"])
