@@ -1,4 +1,5 @@
 # Two commands do all the set-up: `make book` and `make test`. Both create .venv when missing.
+SHELL  := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -21,9 +22,11 @@ $(STAMP): pyproject.toml
 # -W turns warnings into errors; nb_execution_raise_on_error in _config.yml fails on a bad cell.
 # --all: kdnb/ changes what the chapters print, which Sphinx's incremental build cannot see.
 # The stamp tells tests/test_site.py that _build/html is a complete, successful build.
+# On failure the last lines name the chapter, the cell and the claim that failed (book/_ext/kdnb_failures.py).
 book: $(STAMP)
-	rm -f _build/.book-built
-	$(BIN)/jupyter-book build --all . -W --keep-going
+	rm -f _build/.book-built && mkdir -p _build
+	set -o pipefail; $(BIN)/jupyter-book build --all . -W --keep-going 2>&1 | tee _build/book.log \
+	  || { $(BIN)/python book/_ext/kdnb_failures.py _build/book.log; exit 1; }
 	touch _build/.book-built
 
 # Unit tests of kdnb, then every chapter (the book/*.md with a jupytext header) as a throw-away

@@ -1,6 +1,10 @@
 """Shared test set-up: a private kdnb cache and data folder per test session, no progress bars,
 one thread (the CI machine has two cores shared with other jobs)."""
 
+import importlib
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -34,3 +38,26 @@ def fresh_cache(tmp_path, monkeypatch):
     path = tmp_path / "cache"
     monkeypatch.setenv("KDNB_CACHE", str(path))
     return path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_terminal_summary(terminalreporter):
+    """The last lines of `make test` when a chapter failed under nbval: the chapter, the cell, the
+    line and the error, and what it means (book/_ext/kdnb_failures.py), after pytest's own summary."""
+    yield
+    failed = [r for r in terminalreporter.stats.get("failed", []) if r.nodeid.endswith(tuple(
+        f"Cell {i}" for i in range(1000)))]
+    if not failed:
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "book" / "_ext"))
+    try:
+        failures = importlib.import_module("kdnb_failures")
+    finally:
+        sys.path.pop(0)
+    terminalreporter.write_sep("=", "chapters that failed")
+    for r in failed:
+        notebook, _, cell = r.nodeid.partition("::")
+        chapter = "book/" + Path(notebook).with_suffix(".md").name
+        f = failures.failure(r.longreprtext, chapter=f"{chapter} ({cell})") or {
+            "chapter": chapter, "cell": None, "line": None, "error": None, "claim": False}
+        terminalreporter.write_line(failures.explain(f, "make test"))

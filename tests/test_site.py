@@ -86,6 +86,15 @@ def code_of(page):
     return "\n".join(re.findall(r"^```\{code-cell\}[^\n]*\n(.*?)^```", source_of(page), re.M | re.S))
 
 
+def failures():
+    """book/_ext/kdnb_failures.py: names the chapter, cell and claim of a failed build."""
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    try:
+        return importlib.import_module("kdnb_failures")
+    finally:
+        sys.path.pop(0)
+
+
 def build_errors(text):
     """The Sphinx warnings and the failing cell of a build log, else its end."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", text)
@@ -111,7 +120,10 @@ def site():
             run = subprocess.run([str(jb), "build", "--all", ".", "-W", "--keep-going"], cwd=ROOT,
                                  stdout=out, stderr=subprocess.STDOUT)
         if run.returncode != 0:
-            pytest.fail(f"building the site failed (exit {run.returncode}); from {log}:\n{build_errors(log.read_text())}")
+            text = log.read_text()
+            f = failures().failure(text)
+            why = ("\n" + failures().explain(f, "building the site")) if f else ""
+            pytest.fail(f"building the site failed (exit {run.returncode}); from {log}:\n{build_errors(text)}{why}")
         BUILT.touch()
     if not (HTML / "index.html").exists():
         pytest.fail(f"no site in {HTML}")
