@@ -163,7 +163,8 @@ class Claims:
             verdict = ("established gain" if sig and c.diff.mean > 0 else "established loss" if sig
                        else "inconclusive")
             if c.margin is not None and c.diff.equivalent(c.margin):
-                verdict = "equivalent" if verdict == "inconclusive" else verdict
+                verdict = ("equivalent" if verdict == "inconclusive" else
+                           f"equivalent (a small {verdict.split()[-1]} is established)")
             if c.expect == "equivalent":
                 holds = c.diff.equivalent(c.margin)
             elif c.expect == "not a gain":
