@@ -1,7 +1,8 @@
 """Run a named experiment (:mod:`kdnb.configs`) and keep what it did: ``kdnb run`` and ``kdnb resume``.
 
 ``run(name, profile, out=DIR)`` trains the config's teacher (seed 0), then each arm's student once
-per seed, every training with a checkpoint in ``DIR/checkpoints`` saved each epoch (``kdnb.train.fit``),
+per seed (every seed, and the draws of validation split and label fractions, shifted by the
+profile's ``$KDNB_SEED_OFFSET``, which the run keeps, so a resume trains the same seeds), every training with a checkpoint in ``DIR/checkpoints`` saved each epoch (``kdnb.train.fit``),
 each finished model in ``DIR/models``, and at the end ``DIR/results.json`` (the config, every
 history, the final metrics, the machine, the versions, the wall time) and ``DIR/figures``. A killed
 run is resumed by running it again on the same ``DIR`` (``resume``): finished trainings return at
@@ -183,30 +184,37 @@ def slug(text):
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
-def plan(name, profile=None, seeds=None, epochs=None):
+def plan(name, profile=None, seeds=None, epochs=None, offset=None):
     """What a run trains, as JSON: the arguments and the resolved setting. ``$KDNB_SMOKE=1``
     trains one epoch of everything, like the chapters, and one seed (in the full profile, on
-    the first ``SMOKE_IMAGES`` training images)."""
-    profile = profiles.get(profile).name
+    the first ``SMOKE_IMAGES`` training images). ``offset`` (default: the profile's
+    ``$KDNB_SEED_OFFSET``) shifts every seed: the teacher's is ``offset``, the students'
+    ``offset + i``."""
+    p = profiles.get(profile)
+    profile, offset = p.name, p.seed_offset if offset is None else offset
     smoke = os.environ.get("KDNB_SMOKE") == "1"
     epochs = 1 if smoke and epochs is None else epochs
     seeds = 1 if smoke and seeds is None else seeds
     config = check_args(name, profile, seeds, epochs)
     setting = configs.scaled(config.setting(profile), epochs, seeds)
-    return {"experiment": name, "profile": profile, "seeds": list(range(setting.seeds)), "epochs": epochs,
+    return {"experiment": name, "profile": profile, "seed_offset": offset,
+            "seeds": [offset + i for i in range(setting.seeds)], "epochs": epochs,
             "smoke": smoke, "setting": json.loads(json.dumps(asdict(setting)))}
 
 
-def units(setting, n_train):
-    """``[(unit name, arm index, seed, stage, epochs)]`` in the order a run trains them."""
-    out = [("teacher", None, 0, 0, setting["teacher_fit"]["epochs"])]
+def units(setting, n_train, seeds=None):
+    """``[(unit name, arm index, seed, stage, epochs)]`` in the order a run trains them; ``seeds``:
+    the students' (default ``0 … setting["seeds"] − 1``), the teacher's is the first. A unit is
+    named by the seed's index, so a run's files are named alike whatever its offset."""
+    seeds = list(range(setting["seeds"])) if seeds is None else list(seeds)
+    out = [("teacher", None, seeds[0] if seeds else 0, 0, setting["teacher_fit"]["epochs"])]
     for i, arm in enumerate(setting["arms"]):
-        for seed in range(setting["seeds"]):
+        for j, seed in enumerate(seeds):
             epochs = arm_epochs(setting, arm, n_train)
             stages = len(stage_epochs(arm, epochs))
             for stage, e in enumerate(stage_epochs(arm, epochs)):
                 suffix = f"-stage{stage + 1}" if stages > 1 else ""
-                out.append((f"arm{i:02d}-{slug(arm['name'])}-s{seed}{suffix}", i, seed, stage, e))
+                out.append((f"arm{i:02d}-{slug(arm['name'])}-s{j}{suffix}", i, seed, stage, e))
     return out
 
 
@@ -275,10 +283,11 @@ def resume(out, progress=None, root=None):
     try:
         job = json.loads(saved.read_text())
         name, profile, seeds, epochs = job["experiment"], job["profile"], len(job["seeds"]), job["epochs"]
+        offset = job.get("seed_offset", 0)
     except (json.JSONDecodeError, KeyError, TypeError):
         raise ValueError(f"out {str(out)!r} holds a run.json that kdnb run did not write; start again with "
                          f"another --out") from None
-    now = plan(name, profile, seeds, epochs)
+    now = plan(name, profile, seeds, epochs, offset)
     if now["setting"] != job["setting"]:
         raise ValueError(f"experiment {job['experiment']!r} has changed since {str(out)!r} was started; its "
                          f"checkpoints belong to the old config: rerun with another --out")
@@ -288,20 +297,21 @@ def resume(out, progress=None, root=None):
 def execute(job, out, progress, root):
     t0, setting = time.time(), job["setting"]
     torch.set_num_threads(profiles.get(job["profile"]).threads)
-    base = datasets.load(setting["data"], root=root)
+    offset = job.get("seed_offset", 0)
+    base = datasets.load(setting["data"], root=root, seed=offset)  # a drawn validation split
     if job.get("smoke") and job["profile"] == "full":  # the tests' smoke run: one step on a few images
         base = base.with_train(torch.arange(min(SMOKE_IMAGES, len(base.y_train))))
-    plan_units = units(setting, len(base.y_train))
+    plan_units = units(setting, len(base.y_train), job["seeds"])
     bar = progress_bar(sum(u[-1] for u in plan_units), f"{job['experiment']} ({job['profile']})", progress)
     histories, trained_models, train_time = {}, {}, 0.0
     teacher_fit = setting["teacher_fit"]
-    teacher, h = train_unit("teacher", setting["teacher"], base, None, 0, None, teacher_fit, out, bar)
+    teacher, h = train_unit("teacher", setting["teacher"], base, None, offset, None, teacher_fit, out, bar)
     histories["teacher"] = h
     teacher_acc = evaluate(teacher, base.x_test, base.y_test)
     arms = {}
     for unit, i, seed, stage, epochs in plan_units[1:]:
         arm = setting["arms"][i]
-        data = base.subset(arm["fraction"]) if arm["fraction"] < 1 else base
+        data = base.subset(arm["fraction"], seed=offset) if arm["fraction"] < 1 else base
         fit_args = {**arm_fit(setting, arm), "epochs": epochs}
         by = teacher if arm["teacher"] == "teacher" else trained_models[(arm["teacher"], seed)]
         ctx = {"seed": seed, "augment": fit_args.get("augment", False), "epochs": epochs}

@@ -257,3 +257,23 @@ def test_the_command_runs_as_a_program(tmp_path):
     """The installed entry point: exit status and one line on stderr, in a fresh process."""
     done = subprocess.run(sum(kdnb("run", "seed999"), []), capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "seed999" in done.stderr
+
+
+def test_a_seed_offset_shifts_every_seed_of_a_run_and_its_resume_keeps_it(monkeypatch, tmp_path):
+    """$KDNB_SEED_OFFSET=k: the teacher trains with seed k, the students with k, k + 1, …, and the
+    label fraction is drawn with k; the run keeps k, so resuming it under another offset trains
+    the same seeds. Units are named by the seed's index, whatever the offset."""
+    monkeypatch.setenv("KDNB_SEED_OFFSET", "1000")
+    job = runs.plan("seed003-5pct", "quick", 2, 1)
+    assert job["seed_offset"] == 1000 and job["seeds"] == [1000, 1001]
+    units = runs.units(job["setting"], 100, job["seeds"])
+    assert units[0][:3] == ("teacher", None, 1000)
+    assert [(u[0], u[2]) for u in units[1:3]] == [("arm00-alone-5-s0", 1000), ("arm00-alone-5-s1", 1001)]
+    out = tmp_path / "run"
+    shifted = runs.run("seed003-5pct", "quick", seeds=2, epochs=1, out=out)
+    assert shifted["seeds"] == [1000, 1001]
+    monkeypatch.setenv("KDNB_SEED_OFFSET", "0")
+    again = runs.resume(out)
+    assert again["seeds"] == [1000, 1001] and again["arms"] == shifted["arms"]
+    plain = runs.run("seed003-5pct", "quick", seeds=2, epochs=1)
+    assert plain["seeds"] == [0, 1] and plain["arms"] != shifted["arms"]
