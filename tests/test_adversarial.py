@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from kdnb import models, store, train
+from kdnb import models, profiles, store, train
 from kdnb.methods import FrozenD, GANKD, WGANKD, describe
-from kdnb.methods.adversarial import discriminator, discriminator_data
+from kdnb.methods.adversarial import SETTINGS, discriminator, discriminator_data
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_resume import assert_identical, epochs_started, finish, kill_when_stalled  # noqa: E402
@@ -264,6 +264,21 @@ def test_described_for_the_cache_and_restored_on_a_hit(digits, fresh_cache):
     assert all(torch.equal(a, b.cpu()) for a, b in zip(computed.state_dict().values(), loaded.state_dict().values()))
     assert not all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
                                                       WGANKD(teacher, data.classes).state_dict().values()))
+
+
+# --- chapter 8's settings ----------------------------------------------------------------------
+
+def test_settings_hold_a_seed_count_that_the_offset_shifts(monkeypatch):
+    """SETTINGS holds how many seeds chapter 8 trains, never seeds themselves: the chapter draws them
+    from profile.seed_list, so $KDNB_SEED_OFFSET moves every one of them."""
+    assert set(SETTINGS) == set(profiles.PROFILES)
+    for name, settings in SETTINGS.items():
+        n = settings["seeds"]
+        assert isinstance(n, int) and not isinstance(n, bool) and n >= 2, name
+    assert SETTINGS["quick"]["seeds"] >= 8  # the chapter's claims need enough paired seeds
+    monkeypatch.setenv("KDNB_SEED_OFFSET", "1000")
+    n = SETTINGS["quick"]["seeds"]
+    assert profiles.get("quick").seed_list(n) == tuple(range(1000, 1000 + n))
 
 
 # --- SIGKILLed mid-epoch, resumed ---------------------------------------------------------------
