@@ -7,6 +7,8 @@ each max-pool), the ReLUs before them (``"3"``, ``"8"``) keep the full length fo
 stages (channels 256, 512, 1024, 2048 → 64, 128, 256, 512), trained as seed 001's CIFAR pair is
 (SGD, cosine, crops and flips), so the teacher runs live. ``$KDNB_SMOKE=1``: one epoch of each,
 two seeds (``FeaturePair.seeds``) and, in the full profile, a few training and test images.
+``SETTINGS`` give each profile's number of student seeds; the seeds themselves, and the full
+profile's teacher seed, come from the profile at call time, shifted by ``$KDNB_SEED_OFFSET``.
 """
 import os
 from dataclasses import dataclass, replace
@@ -32,6 +34,7 @@ SETTINGS = {
         "stages": [("4", "4"), ("9", "9")],  # (student node, teacher node)
         "attention": [("3", "3"), ("8", "8")],
         "hint": ("4", "4"),  # (guided, hint): the middle of each network
+        "seeds": 10,  # student seeds per arm: profile.seed_list(10), shifted by the seed offset
     },
     "full": {
         "data": "cifar10",
@@ -45,6 +48,7 @@ SETTINGS = {
         "stages": list(zip(RESNET18_STAGES, RESNET50_STAGES)),
         "attention": list(zip(RESNET18_STAGES, RESNET50_STAGES)),
         "hint": (RESNET18_STAGES[1], RESNET50_STAGES[1]),
+        "seeds": 3,
     },
 }
 
@@ -77,7 +81,14 @@ class FeaturePair:
     stages: list
     attention: list
     hint: tuple
-    seeds: tuple = (0, 1, 2)
+    seeds: tuple
+
+
+def seeds(profile=None):
+    """The pair's student seeds: ``SETTINGS``' count of them (two under ``$KDNB_SMOKE=1``) from
+    ``profile.seed_list``, so ``$KDNB_SEED_OFFSET`` shifts them."""
+    p = profiles.get(profile)
+    return p.seed_list(2 if os.environ.get("KDNB_SMOKE") == "1" else SETTINGS[p.name]["seeds"])
 
 
 def pair(profile=None, root=None):
@@ -94,7 +105,7 @@ def pair(profile=None, root=None):
                            x_test=data.x_test[:n], y_test=data.y_test[:n])
         teacher_fit = {**s["teacher_fit"], "epochs": 1} if smoke else s["teacher_fit"]
         bar = progress_bar(teacher_fit["epochs"], f"teacher {s['teacher']['name']} on {data.name}")
-        model, _ = trained(s["teacher"], data, progress=bar, **teacher_fit)
+        model, _ = trained(s["teacher"], data, seed=p.seed(0), progress=bar, **teacher_fit)
         bar.close()
     else:
         model, _, data = profile_teacher(p)
@@ -107,4 +118,4 @@ def pair(profile=None, root=None):
         features = TeacherFeatures.compute(model, data.x_train, nodes)
     return FeaturePair(data, model, logits, features, s["student"], fit_args,
                        1 if smoke else s["stage1_epochs"], s["stages"], s["attention"], tuple(s["hint"]),
-                       tuple(p.seeds[:2]) if smoke else tuple(p.seeds))
+                       seeds(p))

@@ -175,3 +175,16 @@ def test_bad_arguments_are_refused_clearly(data, teacher):
     with pytest.raises(TypeError, match=r"^teacher must be an nn.Module, a FrozenTeacher or a TeacherFeatures"):
         Projected("resnet", STAGES)
     assert issubclass(Projected, FeatureMethod) and issubclass(Attention, FeatureMethod)
+
+
+def test_the_pairs_seeds_follow_the_seed_offset(monkeypatch):
+    from kdnb import feature_pairs, profiles
+    monkeypatch.delenv("KDNB_SMOKE", raising=False)
+    monkeypatch.setenv("KDNB_SEED_OFFSET", "1000")
+    for name, settings in feature_pairs.SETTINGS.items():
+        n = settings["seeds"]
+        assert feature_pairs.seeds(profiles.get(name)) == tuple(range(1000, 1000 + n))
+    monkeypatch.setenv("KDNB_SEED_OFFSET", "0")
+    assert feature_pairs.seeds(profiles.get("quick")) == tuple(range(feature_pairs.SETTINGS["quick"]["seeds"]))
+    monkeypatch.setenv("KDNB_SMOKE", "1")
+    assert feature_pairs.seeds(profiles.get("quick")) == (0, 1)
