@@ -12,7 +12,7 @@ FIT = dict(epochs=2, batch_size=64, lr=3e-3, progress=False)
 TINY = {"data": "digits", "depths": (1, 2, 3),
         "spec": {"name": "convnet", "width": 2, "hidden": 8, "norm": True},
         "fit": {"epochs": 1, "batch_size": 128, "lr": 1e-2}, "teacher_epochs": 2, "teacher_seed": 100,
-        "cells": ((0.5, 2.0),)}
+        "seeds": 2, "cells": ((0.5, 2.0),)}
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +88,28 @@ def test_baselines_are_cross_entropy_on_the_students_budget(data, fresh_cache, f
 
 
 def test_settings_follow_the_profile_and_smoke(monkeypatch):
+    monkeypatch.delenv("KDNB_SEED_OFFSET", raising=False)
     quick = capacity.settings("quick")
-    assert quick["depths"] == (2, 4, 6, 8, 10) and quick["seeds"] == (0, 1, 2)
+    assert quick["depths"] == (2, 4, 6, 8, 10) and quick["seeds"] == tuple(range(capacity.SETTINGS["quick"]["seeds"]))
+    assert len(quick["seeds"]) >= 8 and quick["teacher_seed"] not in quick["seeds"]
     assert capacity.settings("full")["fit"]["epochs"] == 100 and capacity.settings("full")["data"] == "cifar10"
     assert capacity.spec(6, "quick") == {**quick["spec"], "depth": 6}
     assert quick["teacher_epochs"] == 3 * quick["fit"]["epochs"]
     monkeypatch.setenv("KDNB_SMOKE", "1")
     assert capacity.settings("full")["fit"]["epochs"] == 1 == capacity.settings("full")["teacher_epochs"]
     assert capacity.SETTINGS["full"]["fit"]["epochs"] == 100  # a copy, not the table
+
+
+def test_every_seed_follows_the_seed_offset(monkeypatch, data, fresh_cache, fits, tiny):
+    monkeypatch.setenv("KDNB_SEED_OFFSET", "1000")
+    s = capacity.settings()
+    assert s["seeds"] == (1000, 1001) and s["teacher_seed"] == 1100
+    assert capacity.teacher_root(3).seed == 1100
+    capacity.run_paths([(3, 1)], data, 0.5, 2.0)
+    assert fits == [("CrossEntropy", 1100), ("Distill", 1000), ("Distill", 1001)]
+    del fits[:]
+    capacity.baselines([1], data)
+    assert fits == [("CrossEntropy", 1000), ("CrossEntropy", 1001)]
 
 
 def test_the_quick_ladder_differs_in_size_and_view():
