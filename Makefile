@@ -45,7 +45,7 @@ lab: $(STAMP)
 # Benchmarks print side-by-side ratios; BENCH_ARGS=--quick for fewer repeats (sweep takes its own flags).
 BENCH_ARGS ?=
 bench: $(STAMP)
-	for f in bench/*.py; do case $$f in *sweep.py) $(BIN)/python $$f || exit 1;; *) $(BIN)/python $$f $(BENCH_ARGS) || exit 1;; esac; done
+	for f in bench/*.py; do case $$f in *sweep.py) $(BIN)/python $$f || exit 1;; *gpu.py) $(BIN)/python $$f --out _build/bench-gpu $(BENCH_ARGS) || exit 1;; *) $(BIN)/python $$f $(BENCH_ARGS) || exit 1;; esac; done
 
 clean:
 	rm -rf _build
