@@ -9,7 +9,9 @@ handful of logits: no retraining.
 Pictures are drawn at twice :data:`DPI` and shown at their size at :data:`DPI`, so they stay
 sharp on high-density screens.
 """
+import json
 import re
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -204,3 +206,79 @@ def grid_frames(cells, alphas, Ts, baseline=None):
     html = jshtml(anim, fig)
     plt.close(fig)
     return html
+
+
+# --- the explorer as one ES module, live in JupyterLab and on a page with no kernel ------------
+
+EXPLORER_JS = Path(__file__).with_name("explorer.js")
+
+
+def _explorer_class():
+    import anywidget
+    import traitlets
+
+    class TemperatureWidget(anywidget.AnyWidget):
+        """T and α sliders over one example's teacher and student logits, computed and drawn in the
+        browser by ``kdnb/explorer.js`` (softened distributions, entropies, KL, T²·KL, CE, the
+        loss and its gradient on each student logit). In JupyterLab it is an anywidget (traits
+        ``T``, ``alpha``, ... sync with the sliders); on the static site its HTML output runs the
+        same module with the same data and no kernel."""
+        _esm = EXPLORER_JS
+        teacher = traitlets.List(traitlets.Float()).tag(sync=True)
+        student = traitlets.List(traitlets.Float()).tag(sync=True)
+        label = traitlets.Int(0).tag(sync=True)
+        class_names = traitlets.List(traitlets.Unicode()).tag(sync=True)
+        T = traitlets.Float(4.0).tag(sync=True)
+        alpha = traitlets.Float(0.5).tag(sync=True)
+
+        def numbers(self):
+            """What the page shows for the current T and α, computed by kdnb.losses."""
+            return explain_all(self.teacher, self.student, self.label, self.T, self.alpha)
+
+        def static_html(self):
+            """The widget as a page fragment: the module inlined, its state as JSON, no kernel."""
+            state = {k: getattr(self, k) for k in ("teacher", "student", "label", "class_names", "T", "alpha")}
+            uid = f"kdnb-x-{id(self):x}"
+            return (f'<div class="kdnb-static-widget" id="{uid}"></div>\n<script type="module">\n'
+                    f"{EXPLORER_JS.read_text()}\n"
+                    f"render({{model: staticModel({json.dumps(state)}), el: document.getElementById({uid!r})}});\n"
+                    f"</script>")
+
+        def _repr_mimebundle_(self, **kwargs):
+            bundle = super()._repr_mimebundle_(**kwargs)
+            data, meta = bundle if isinstance(bundle, tuple) else (bundle, {})
+            data = {**data, "text/html": self.static_html()}
+            return (data, meta) if isinstance(bundle, tuple) else data
+
+    return TemperatureWidget
+
+
+def temperature_widget(teacher_logits, student_logits, label, class_names=None, T=4.0, alpha=0.5):
+    """A :class:`TemperatureWidget` over one example (checked like :class:`TemperatureExplorer`)."""
+    losses.check_logits("teacher_logits", torch.as_tensor(teacher_logits)[None])
+    losses.check_logits("student_logits", torch.as_tensor(student_logits)[None])
+    t, s = torch.as_tensor(teacher_logits).tolist(), torch.as_tensor(student_logits).tolist()
+    if len(t) != len(s):
+        raise ValueError(f"teacher_logits has {len(t)} classes but student_logits {len(s)}: they must match")
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(t):
+        raise ValueError(f"label must be an int in [0, {len(t) - 1}], got {label!r}")
+    T = losses.check_T(T)
+    if not T_RANGE[0] <= T <= T_RANGE[1]:
+        raise ValueError(f"T must be in [{T_RANGE[0]}, {T_RANGE[1]}] (the slider's range), got {T!r}")
+    return _explorer_class()(teacher=t, student=s, label=label, T=T, alpha=losses.check_alpha(alpha),
+                             class_names=class_names or [str(i) for i in range(len(t))])
+
+
+def explain_all(teacher, student, label, T, alpha):
+    """Everything the explorer shows, by kdnb.losses (float64): the reference its JavaScript is
+    tested against."""
+    t = torch.tensor([teacher], dtype=torch.float64)
+    s = torch.tensor([student], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([label])
+    p, q = losses.soft_targets(t, T)[0], losses.soft_targets(s.detach(), T)[0]
+    loss = losses.hinton_loss(s, t, y, T, alpha)
+    loss.backward()
+    kd = losses.kd_loss(s.detach(), t, T).item()
+    ent = lambda d: -(d * d.clamp_min(1e-300).log()).sum().item()
+    return {"p": p.tolist(), "q": q.tolist(), "H_teacher": ent(p), "H_student": ent(q), "kl": kd / T ** 2,
+            "t2kl": kd, "ce": F.cross_entropy(s.detach(), y).item(), "loss": loss.item(), "grad": s.grad[0].tolist()}
