@@ -91,15 +91,4 @@ function render({ model, el: root }) {
   draw();
 }
 
-// A model for a page with no kernel: the same get / set / on / save_changes that anywidget gives.
-export function staticModel(values) {
-  const state = { ...values }, listeners = {};
-  return {
-    get: (k) => state[k],
-    set: (k, v) => { state[k] = v; (listeners[`change:${k}`] || []).forEach((f) => f()); },
-    on: (event, f) => { (listeners[event] = listeners[event] || []).push(f); },
-    save_changes: () => {},
-  };
-}
-
 export default { render };
