@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1 -e '.[book,test]'
+	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1 numpy==2.4.6 mnist1d==0.0.2.post1 -e '.[book,test]'
 	touch $(STAMP)
 
 # Executes every chapter (quick profile) and builds the site into _build/html.
