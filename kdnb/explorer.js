@@ -66,6 +66,8 @@ function render({ model, el: root }) {
     readout.textContent = `H(teacher) = ${fmt(n.H_teacher)}   H(student) = ${fmt(n.H_student)}   ` +
       `KL = ${fmt(n.kl)}   T²·KL = ${fmt(n.t2kl)}   CE = ${fmt(n.ce)}   loss = ${fmt(n.loss)}`;
     readout.dataset.values = JSON.stringify(n);
+    root.dataset.state = JSON.stringify({ teacher: model.get("teacher"), student: model.get("student"),
+                                          label: model.get("label"), T: t, alpha: a });
     svg.replaceChildren();
     const k = n.p.length, w = (W - left - 8) / k;
     const pmax = Math.max(...n.p, ...n.q) * 1.1;          // the axis follows the bars (T = 20: all small)
