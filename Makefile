@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1 -e '.[book,test]'
+	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1 numpy==2.4.6 mnist1d==0.0.2.post1 -e '.[book,test]'
 	touch $(STAMP)
 
 # Executes every chapter (quick profile) and builds the site into _build/html.
@@ -45,7 +45,7 @@ lab: $(STAMP)
 # Benchmarks print side-by-side ratios; BENCH_ARGS=--quick for fewer repeats (sweep takes its own flags).
 BENCH_ARGS ?=
 bench: $(STAMP)
-	for f in bench/*.py; do case $$f in *sweep.py) $(BIN)/python $$f || exit 1;; *) $(BIN)/python $$f $(BENCH_ARGS) || exit 1;; esac; done
+	for f in bench/*.py; do case $$f in *sweep.py) $(BIN)/python $$f || exit 1;; *gpu.py) $(BIN)/python $$f --out _build/bench-gpu $(BENCH_ARGS) || exit 1;; *) $(BIN)/python $$f $(BENCH_ARGS) || exit 1;; esac; done
 
 clean:
 	rm -rf _build

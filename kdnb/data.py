@@ -133,6 +133,10 @@ def load(name, root=None, val_fraction=0.1, seed=0, fraction=1.0, download=False
             val = stratified_pick(y, val_fraction, seed)
             train = torch.ones(len(y), dtype=torch.bool)
             train[val] = False
+            if not train.any():
+                raise ValueError(f"val_fraction={val_fraction!r} leaves data set {name!r} no training samples "
+                                 f"(its {len(y)} training samples all went to validation); use a smaller "
+                                 f"val_fraction, e.g. 0.1")
             data = Data(name, x[train], y[train], x[val], y[val], x_test, y_test, classes, tuple(x.shape[1:]),
                         mean, std)
         return data.subset(fraction, seed)

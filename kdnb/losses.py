@@ -175,10 +175,11 @@ def hinton_loss(student_logits, teacher_logits, labels, T=4.0, alpha=0.9):
     return _hinton(student_logits, teacher_logits, labels, T, alpha)
 
 
-def smooth_labels(labels, classes, epsilon):
-    """One-hot labels mixed with the uniform distribution: (1 − ε)·onehot + ε/K."""
+def smooth_labels(labels, classes, epsilon, dtype=torch.float32):
+    """One-hot labels mixed with the uniform distribution: (1 − ε)·onehot + ε/K, in ``dtype`` (that
+    of the logits they are compared with)."""
     check_number("epsilon", epsilon, low=0, high=1)
-    return F.one_hot(labels, classes).float() * (1 - epsilon) + epsilon / classes
+    return F.one_hot(labels, classes).to(dtype) * (1 - epsilon) + epsilon / classes
 
 
 def virtual_teacher_logits(labels, classes, correct_prob=0.9):
@@ -212,7 +213,7 @@ def label_smoothing_loss(logits, labels, epsilon):
     ``F.cross_entropy(logits, labels, label_smoothing=ε)`` written out."""
     check_logits("logits", logits)
     check_labels(labels, logits)
-    q = smooth_labels(labels.long(), logits.shape[1], epsilon)
+    q = smooth_labels(labels.long(), logits.shape[1], epsilon, logits.dtype)
     return -(q * F.log_softmax(logits, -1)).sum(-1).mean()
 
 

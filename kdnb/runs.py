@@ -262,14 +262,14 @@ def run(name, profile=None, seeds=None, epochs=None, out=None, progress=None, ro
         out = Path(out)
         saved = out / "run.json"
         if saved.exists() and is_main():  # under torchrun rank 0 checks and writes it
-            before = json.loads(saved.read_text())
+            before = store.read_json(saved, "the plan of a kdnb run (run.json)")
             if before != job:
                 diff = ", ".join(k for k in job if before.get(k) != job[k])
                 raise ValueError(f"out {str(out)!r} holds another run ({diff} differ); resume it with "
                                  f"`kdnb resume {out}` or pass another --out")
         out.mkdir(parents=True, exist_ok=True)
         if is_main():
-            saved.write_text(json.dumps(job, indent=1, ensure_ascii=False))
+            store.write_json(saved, job, indent=1)
     return execute(job, out, progress, root)
 
 
@@ -280,13 +280,17 @@ def resume(out, progress=None, root=None):
     if not saved.is_file():
         raise FileNotFoundError(f"out {str(out)!r} holds no run (no run.json): start one with "
                                 f"`kdnb run NAME --out {out}`")
+    job = store.read_json(saved, "the plan of a kdnb run (run.json)")
+    missing = [k for k in ("experiment", "profile", "seeds", "epochs", "setting") if not isinstance(job, dict) or k not in job]
+    if missing:
+        raise ValueError(f"file {str(saved)!r} is not the plan of a kdnb run: it lacks {', '.join(map(repr, missing))}; "
+                         f"start again with another --out")
     try:
-        job = json.loads(saved.read_text())
         name, profile, seeds, epochs = job["experiment"], job["profile"], len(job["seeds"]), job["epochs"]
         offset = job.get("seed_offset", 0)
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"out {str(out)!r} holds a run.json that kdnb run did not write; start again with "
-                         f"another --out") from None
+    except TypeError:
+        raise ValueError(f"file {str(saved)!r} is not the plan of a kdnb run (its seeds are not a list); start "
+                         f"again with another --out") from None
     now = plan(name, profile, seeds, epochs, offset)
     if now["setting"] != job["setting"]:
         raise ValueError(f"experiment {job['experiment']!r} has changed since {str(out)!r} was started; its "
@@ -341,7 +345,7 @@ def execute(job, out, progress, root):
     if out is not None and is_main():  # the other ranks return the same results, unwritten
         results["wall_time_s"] = clock(out, t0)
         results["figures"] = figures(results, out / "figures")
-        (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+        store.write_json(out / "results.json", results, indent=1)
     return results
 
 
@@ -349,11 +353,11 @@ def clock(out, t0):
     """This session's wall time so far, saved in ``out`` beside the earlier sessions'; returns
     the total. A killed session counts up to its last finished training."""
     path = out / "sessions.json"
-    sessions = json.loads(path.read_text()) if path.exists() else []
+    sessions = store.read_json(path, "the wall times of a kdnb run's sessions") if path.exists() else []
     if not sessions or sessions[-1]["started"] != t0:
         sessions.append({"started": t0, "wall_s": 0.0})
     sessions[-1]["wall_s"] = time.time() - t0
-    path.write_text(json.dumps(sessions))
+    store.write_json(path, sessions)
     return sum(s["wall_s"] for s in sessions)
 
 
@@ -421,12 +425,17 @@ def load_results(path):
     if not file.is_file():
         state = "an unfinished run (resume it with `kdnb resume`)" if (path / "run.json").exists() else "no run"
         raise FileNotFoundError(f"path {str(path)!r} holds {state}: no results.json")
-    try:
-        results = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"path {str(file)!r} is not a results file of kdnb run ({err})") from None
+    results = store.read_json(file, "the results of a kdnb run (results.json)")
     if not isinstance(results, dict) or "arms" not in results or "experiment" not in results:
         raise ValueError(f"path {str(file)!r} is not a results file of kdnb run (no experiment and arms)")
+    bad = [k for k in ("profile", "seeds", "teacher") if k not in results]
+    if not isinstance(results.get("teacher"), dict) or "test_acc" not in results.get("teacher", {}):
+        bad.append("teacher.test_acc")
+    arms = results["arms"] if isinstance(results["arms"], dict) else {}
+    bad += [f"arms[{a!r}].test_acc" for a, v in arms.items() if not isinstance(v, dict) or "test_acc" not in v]
+    if bad or not isinstance(results["arms"], dict):
+        raise ValueError(f"path {str(file)!r} is not a complete results file of kdnb run: it lacks "
+                         f"{', '.join(bad) or 'an arms table'}")
     return results
 
 

@@ -33,16 +33,22 @@ def cache_dir():
 
 def save(obj, path):
     """torch.save ``obj`` to ``path`` atomically, with a checksum footer."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(obj, buf)
     payload = buf.getvalue()
     digest = hashlib.sha256(payload).hexdigest().encode()
+    return write_atomic(path, payload + MAGIC + digest)
+
+
+def write_atomic(path, payload):
+    """Write ``payload`` (bytes) to ``path`` so that a kill at any moment leaves the old file or
+    the new one, never a broken one: a temporary file beside it, fsynced, then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(payload + MAGIC + digest)
+            f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -56,6 +62,22 @@ def save(obj, path):
     finally:
         os.close(dirfd)
     return path
+
+
+def write_json(path, obj, **kwargs):
+    """``obj`` as JSON in ``path``, atomically (:func:`write_atomic`)."""
+    return write_atomic(path, json.dumps(obj, ensure_ascii=False, **kwargs).encode())
+
+
+def read_json(path, what="a JSON file"):
+    """The JSON in ``path``; an empty or garbled file is refused with an error naming the file and
+    what it should hold (never a bare ``Expecting value``)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"file {str(path)!r} should hold {what} but is empty or not valid JSON ({err}); "
+                         f"it was probably cut short by a crash: delete it or restore it") from None
 
 
 def load(path, map_location="cpu"):
@@ -123,7 +145,10 @@ def memo(kind, config, compute):
         if path.exists():
             try:
                 stored = load(path)
-                if stored.get("config") == json.loads(json.dumps(config, sort_keys=True, default=str)):
+                if not (isinstance(stored, dict) and "config" in stored and "value" in stored):
+                    raise CorruptFileError(f"cache entry {str(path)!r} is a kdnb file but not a cache entry (no "
+                                           f"config and value)")
+                if stored["config"] == json.loads(json.dumps(config, sort_keys=True, default=str)):
                     return stored["value"]
             except CorruptFileError as err:
                 import warnings

@@ -62,6 +62,7 @@ class FrozenTeacher(nn.Module):
     def __init__(self, model, nodes=()):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
+        model._kdnb_frozen_by = "kdnb.teachers.FrozenTeacher"  # fit names it if the caller trains it later
         self.nodes = tuple([nodes] if isinstance(nodes, str) else nodes)
         self._taps = taps(model, self.nodes).eval() if self.nodes else None  # shares model's weights
 

@@ -190,9 +190,15 @@ def check_fit_args(model, data, epochs, batch_size, lr, weight_decay, optimizer,
         raise TypeError(f"data.x_train must be a floating-point tensor, got dtype {x.dtype}")
     if y.dtype != torch.int64:
         raise TypeError(f"data.y_train must be an int64 tensor of class indices, got dtype {y.dtype}")
-    if y.min() < 0 or y.max() >= data.classes:
-        raise ValueError(f"data.y_train must hold class indices in [0, {data.classes - 1}] for data.classes="
-                         f"{data.classes}, got values in [{y.min().item()}, {y.max().item()}]")
+    for split, (xs, ys) in (("train", (x, y)), ("val", (data.x_val, data.y_val))):
+        if len(xs) != len(ys):
+            raise ValueError(f"data.x_{split} must have one row per label: {len(xs)} rows, but data.y_{split} "
+                             f"has {len(ys)}")
+        if ys.dtype != torch.int64:
+            raise TypeError(f"data.y_{split} must be an int64 tensor of class indices, got dtype {ys.dtype}")
+        if len(ys) and (ys.min() < 0 or ys.max() >= data.classes):  # validation picks the model: its labels count
+            raise ValueError(f"data.y_{split} must hold class indices in [0, {data.classes - 1}] for data.classes="
+                             f"{data.classes}, got values in [{ys.min().item()}, {ys.max().item()}]")
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
     check_number("lr", lr, low=0, low_open=True)
@@ -286,6 +292,12 @@ def fit(model, data, method=None, *, epochs=10, batch_size=64, lr=1e-3, weight_d
         if p.requires_grad and id(p) not in theirs and id(p) not in seen:  # a player's weights: its own optimiser
             params.append(p)
             seen.add(id(p))
+    if not params:
+        frozen = getattr(model, "_kdnb_frozen_by", None)
+        raise ValueError("model has no trainable parameter (every one has requires_grad=False)"
+                         + (f": it was frozen when wrapped as a teacher ({frozen}); call "
+                            f"model.requires_grad_(True) to train it again" if frozen else
+                            "; unfreeze what should train with model.requires_grad_(True)"))
     opt = make_optimizer(params, optimizer, lr, weight_decay, momentum, device)
     player_opts = {name: player.make_optimizer() for name, player in players.items()}
     steps_per_epoch = math.ceil(len(y) / batch_size)
@@ -317,6 +329,9 @@ def fit(model, data, method=None, *, epochs=10, batch_size=64, lr=1e-3, weight_d
         state = store.load(checkpoint)
     elif checkpoint and world.size > 1:  # rank 0 reads it: other machines may not see the file
         state = devices.broadcast_object(store.load(checkpoint) if world.main and Path(checkpoint).exists() else None)
+    if state is not None and not (isinstance(state, dict) and isinstance(state.get("fit_config"), dict)):
+        raise ValueError(f"checkpoint {str(checkpoint)!r} is a kdnb file but not a checkpoint of fit (it holds "
+                         f"no fit_config): pass another path, or delete it")
     if state is not None:
         if state["fit_config"] != fit_config:
             diff = ", ".join(f"{k}={state['fit_config'].get(k)!r} there, {fit_config.get(k)!r} here"

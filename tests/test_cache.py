@@ -269,3 +269,66 @@ def test_tensor_hash_names_contents_dtype_and_shape():
     assert tensor_hash(x) == tensor_hash(x.clone()) == tensor_hash(x.view(3, 4).t().contiguous().t().reshape(-1))
     assert len({tensor_hash(x), tensor_hash(x.view(3, 4)), tensor_hash(x.double()), tensor_hash(x + 1e-6),
                 tensor_hash(x, text="other"), tensor_hash(x.bfloat16()), tensor_hash(x[:6], x[6:])}) == 7
+
+
+USER_METHOD = """
+import torch.nn.functional as F
+from kdnb.methods import Method
+import myhelpers
+
+
+class MyLoss(Method):
+    def losses(self, logits, batch):
+        return {"ce": F.cross_entropy(logits, batch.y, label_smoothing=0.1) * myhelpers.scale()}
+
+
+def my_loss(logits, batch):
+    return F.cross_entropy(logits, batch.y) * myhelpers.scale()
+"""
+
+
+@pytest.fixture
+def user_modules(tmp_path, monkeypatch):
+    """A user's own method module and a helper module it calls, in a folder on sys.path (not an
+    installed package), and a function that edits one of them and re-imports both."""
+    import importlib
+    import sys
+    (tmp_path / "mymethods.py").write_text(USER_METHOD)
+    (tmp_path / "myhelpers.py").write_text("def scale():\n    return 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("mymethods", "myhelpers"):
+        sys.modules.pop(name, None)
+
+    def edit(name, old, new):
+        path = tmp_path / f"{name}.py"
+        path.write_text(path.read_text().replace(old, new))
+        importlib.invalidate_caches()
+        for mod in ("myhelpers", "mymethods"):
+            sys.modules.pop(mod, None)
+        return importlib.import_module("mymethods")
+
+    yield importlib.import_module("mymethods"), edit
+    for name in ("mymethods", "myhelpers"):
+        sys.modules.pop(name, None)
+
+
+def test_an_edited_user_method_or_its_helper_retrains(digits, fresh_cache, count_fits, user_modules):
+    """A Method subclass in the user's own module is keyed by its source and that of the user
+    modules it reaches: editing ``label_smoothing`` in it, or a helper it calls, recomputes; the
+    unchanged code is served from the cache."""
+    mymethods, edit = user_modules
+    spec = {"name": "mlp", "hidden": [16]}
+    _, first = train.trained(spec, digits, mymethods.MyLoss(), **FIT)
+    train.trained(spec, digits, mymethods.MyLoss(), **FIT)
+    assert len(count_fits) == 1
+    mymethods = edit("mymethods", "label_smoothing=0.1", "label_smoothing=0.5")
+    _, second = train.trained(spec, digits, mymethods.MyLoss(), **FIT)
+    assert len(count_fits) == 2 and second["loss"] != first["loss"]
+    mymethods = edit("myhelpers", "return 1.0", "return 2.0")
+    _, third = train.trained(spec, digits, mymethods.MyLoss(), **FIT)
+    assert len(count_fits) == 3 and third["loss"] != second["loss"]
+    # a plain loss function of the user's module: keyed by the helper module it calls
+    train.trained(spec, digits, mymethods.my_loss, **FIT)
+    mymethods = edit("myhelpers", "return 2.0", "return 3.0")
+    train.trained(spec, digits, mymethods.my_loss, **FIT)
+    assert len(count_fits) == 5

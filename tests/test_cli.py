@@ -225,7 +225,7 @@ def bad_inputs(tmp):
         (["report"], 2, r"the following arguments are required: DIR"),
         (["report", str(tmp / "nowhere")], 1, r"holds no run: no results.json"),
         (["report", str(tmp / "unfinished")], 1, r"holds an unfinished run \(resume it with `kdnb resume`\)"),
-        (["report", str(tmp / "garbage.json")], 1, r"is not a results file of kdnb run"),
+        (["report", str(tmp / "garbage.json")], 1, r"garbage\.json. should hold the results of a kdnb run \(results\.json\) but is empty or not valid JSON"),
         (["report", str(tmp / "other.json")], 1, r"is not a results file of kdnb run \(no experiment and arms\)"),
         (["download", "imagenet"], 2, r"name must be one of mnist, fashion_mnist, cifar10, svhn, got 'imagenet'"),
         (["cache", "explode"], 2, r"argument action: invalid choice: 'explode'"),

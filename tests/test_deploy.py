@@ -205,8 +205,36 @@ def test_onnx_int8_runs_close_to_float(tmp_path):
     with torch.no_grad():
         ref = m(x)
     out = deploy.onnx_runner(path)(x)
-    assert (out - ref).abs().max() < 0.1 * ref.abs().max()
-    assert (out.argmax(1) == ref.argmax(1)).float().mean() > 0.9
+    # What int8 can promise, not what one CPU's kernels happened to give (another CPU's int8
+    # kernels gave twice the error of ours): every sample within the rounding bound, and the same
+    # answer wherever the float logits' margin is wider than twice that bound.
+    bound = int8_error_bound(m, x)
+    assert ((out - ref).abs() <= bound[:, None] * (1 + 1e-3) + 1e-5).all()
+    top2 = ref.topk(2, dim=1).values
+    sure = (top2[:, 0] - top2[:, 1]) > 2 * bound
+    assert sure.any() and torch.equal(out.argmax(1)[sure], ref.argmax(1)[sure])
+
+
+def int8_error_bound(model, x):
+    """Per sample, the most dynamic int8 can move an MLP's logits: each Linear's weights rounded to a
+    per-tensor int8 step (max |W| / 127; per-channel steps are smaller), its inputs to a uint8 step
+    over [min(x, 0), max(x, 0)] of the batch (range / 255), each off by at most half a step; the
+    error of one layer carried into the next (ReLU is 1-Lipschitz, Flatten exact)."""
+    h = x.flatten(1).double()
+    e = torch.zeros_like(h)
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                w = layer.weight.double()
+                sw = w.abs().max() / 127
+                sx = ((h + e).max().clamp_min(0) - (h - e).min().clamp_max(0)) / 255
+                e = (e + sx / 2) @ w.abs().T + sw / 2 * (h.abs() + e + sx / 2).sum(1, keepdim=True)
+                h = h @ w.T + layer.bias.double()
+            elif isinstance(layer, nn.ReLU):
+                h = h.relu()
+            elif not isinstance(layer, nn.Flatten):
+                raise TypeError(f"no int8 bound for {type(layer).__name__}")
+    return e.max(1).values.float()
 
 
 class KthValue(nn.Module):

@@ -89,9 +89,15 @@ def test_attention_maps_and_loss_by_hand(data, teacher):
     torch.testing.assert_close(losses.attention_map(s), torch.full((1, 4), 0.5))
     torch.testing.assert_close(losses.attention_map(t), torch.tensor([[1.0, 0, 0, 0]]))
     method = Attention(teacher, STAGES, beta=1000.0)
-    # mean((½ − 1)², ¼, ¼, ¼) = ¼, twice (two pairs), times β / 2
+    # mean((½ − 1)², ¼, ¼, ¼) = ¼, twice (two pairs), times β: the authors' code (cifar.py:
+    # opt.beta * sum(loss_groups)) and RepDistiller, whose β = 1000 a reader copies
     term = method.feature_terms([s, s], [t, t])["at"]
-    assert term.item() == pytest.approx(1000.0 / 2 * 2 * 0.25)
+    assert term.item() == pytest.approx(1000.0 * 2 * 0.25)
+    # the paper's Eq. 2 is half of it at the same β, and says so
+    paper = Attention(teacher, STAGES, beta=1000.0, form="paper").feature_terms([s, s], [t, t])["at"]
+    assert paper.item() == pytest.approx(term.item() / 2)
+    with pytest.raises(ValueError, match=r"form must be 'code' .* or 'paper' .* got 'half'"):
+        Attention(teacher, STAGES, form="half")
     # Shapes: one map per sample, flattened over the positions of a 2-D feature.
     student = convnet(data)
     method.setup(student, data)

@@ -681,3 +681,102 @@ def test_two_processes_compute_a_shared_cache_entry_once(tmp_path):
     [entry] = (tmp_path / "cache" / "teachers").glob("*.pt")
     stored = store.load(entry)
     assert torch.equal(stored["value"]["noise"], got[0]["noise"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults a user met (issue 30): each named, each refused early or fixed.
+
+def test_gan_and_wgan_kd_check_their_classes_against_the_data(toy):
+    from kdnb.methods import GANKD, WGANKD
+    teacher = student(toy)
+    for make in (GANKD, WGANKD):
+        with pytest.raises(ValueError, match=r"classes=10 in (GANKD|WGANKD) but data 'toy' has 4 classes.*"
+                                             r"pass classes=4"):
+            quick_fit(student(toy), toy, make(teacher))  # the default classes=10
+
+
+def test_validation_labels_are_checked(toy):
+    bad_val = replace(toy, y_val=toy.y_val.clone().index_fill_(0, torch.tensor([0]), 12))
+    with pytest.raises(ValueError, match=r"data\.y_val must hold class indices in \[0, 3\].*got values in \[\d+, 12\]"):
+        quick_fit(student(toy), bad_val)
+
+
+def test_a_model_frozen_as_a_teacher_says_so_when_trained(toy):
+    from kdnb.teachers import FrozenTeacher
+    mine = student(toy)
+    FrozenTeacher(mine)
+    with pytest.raises(ValueError, match=r"model has no trainable parameter.*frozen when wrapped as a teacher.*"
+                                         r"requires_grad_\(True\)"):
+        quick_fit(mine, toy)
+    mine.requires_grad_(True)
+    quick_fit(mine, toy)
+
+
+def test_hint_and_projected_follow_a_float64_student(digits):
+    from kdnb.methods import Hint, Projected
+    d = digits.subset(0.2)
+    d = replace(d, x_train=d.x_train.double(), x_val=d.x_val.double(), x_test=d.x_test.double())
+    spec = {"name": "convnet", "depth": 4, "width": 4, "hidden": 16}
+    t = models.build(spec, d.shape, 10, seed=1).double().eval()
+    for method in (Hint(t, "4", "4", stage=None), Projected(t, [("4", "4")], 0.1)):
+        s = models.build(spec, d.shape, 10, seed=0).double()
+        h = train.fit(s, d, method, epochs=1, batch_size=64, device="cpu", progress=False)
+        assert math.isfinite(h["loss"][-1])
+
+
+def test_label_smoothing_is_exact_in_float64():
+    z = torch.randn(16, 10, dtype=torch.float64)
+    y = torch.randint(0, 10, (16,))
+    assert losses.smooth_labels(y, 10, 0.1, torch.float64).dtype == torch.float64
+    torch.testing.assert_close(losses.label_smoothing_loss(z, y, 0.1),
+                               torch.nn.functional.cross_entropy(z, y, label_smoothing=0.1), rtol=1e-12, atol=1e-12)
+
+
+def test_a_loss_function_returning_a_float_is_named(toy):
+    def my_loss(out, batch):
+        return 1.0
+    with pytest.raises(TypeError, match=r"the loss function .*my_loss must return a scalar tensor.*got float"):
+        quick_fit(student(toy), toy, my_loss)
+
+
+def test_a_validation_split_that_takes_everything_is_refused():
+    with pytest.raises(ValueError, match=r"val_fraction=0\.999 leaves data set 'digits' no training samples"):
+        kdata.load("digits", val_fraction=0.999)
+
+
+def test_run_files_are_written_atomically_and_named_when_broken(tmp_path, monkeypatch):
+    """sessions.json, run.json and results.json are replaced whole (a kill leaves the old file or
+    the new one); an empty or garbled one is refused naming the file."""
+    from kdnb import runs
+    out = tmp_path / "run"
+    out.mkdir()
+    writes = []
+    real = store.write_atomic
+    monkeypatch.setattr(store, "write_atomic", lambda path, payload: writes.append(Path(path).name) or real(path, payload))
+    runs.clock(out, 1.0)
+    runs.clock(out, 1.0)
+    assert writes == ["sessions.json", "sessions.json"]
+    (out / "sessions.json").write_text("")
+    with pytest.raises(ValueError, match=r"file '.*sessions\.json' should hold the wall times .* empty or not valid JSON"):
+        runs.clock(out, 2.0)
+    (out / "run.json").write_text("{garbled")
+    with pytest.raises(ValueError, match=r"file '.*run\.json' should hold the plan of a kdnb run"):
+        runs.resume(out)
+    (out / "run.json").write_text('{"experiment": "x", "profile": "quick", "seeds": [0], "epochs": null}')
+    with pytest.raises(ValueError, match=r"run\.json' is not the plan of a kdnb run: it lacks 'setting'"):
+        runs.resume(out)
+    (out / "results.json").write_text('{"experiment": "x", "arms": {"kd": {}}, "profile": "quick", "seeds": [0], '
+                                      '"teacher": {"test_acc": 0.9}}')
+    with pytest.raises(ValueError, match=r"not a complete results file of kdnb run: it lacks arms\['kd'\]\.test_acc"):
+        runs.load_results(out)
+
+
+def test_kdnb_files_of_the_wrong_structure_are_named(tmp_path, toy):
+    ckpt = tmp_path / "c.pt"
+    store.save({"model": {}}, ckpt)
+    with pytest.raises(ValueError, match=r"checkpoint '.*c\.pt' is a kdnb file but not a checkpoint of fit"):
+        quick_fit(student(toy), toy, checkpoint=ckpt)
+    entry = store.cache_dir() / "kind" / f"{store.key_of({'a': 1})}.pt"
+    store.save([1, 2], entry)
+    with pytest.warns(UserWarning, match="not a cache entry"):
+        assert store.memo("kind", {"a": 1}, lambda: 7) == 7

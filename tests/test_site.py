@@ -16,6 +16,7 @@ The browser is Debian's chromium (`apt-get install chromium`, done here when mis
 driven by Playwright (`pip install playwright`; never `playwright install`)."""
 import functools
 import http.server
+import json
 import importlib
 import os
 import re
@@ -216,6 +217,36 @@ def wait_quietly(pg, script, timeout=None):
         return False
 
 
+def check_explorers(pg):
+    """Move each temperature explorer's sliders (kdnb/explorer.js, running with no kernel) and
+    check that the numbers it prints and the bars it draws are kdnb's for the new T and α."""
+    from kdnb.widgets import explain_all
+    problems = []
+    explorers = pg.locator(".kdnb-explorer")
+    for i in range(explorers.count()):
+        ex = explorers.nth(i)
+        for T, alpha in ((9.5, 0.3), (1.5, 0.9)):
+            ex.evaluate("""(root, [T, a]) => {
+                for (const [name, v] of [["T", T], ["alpha", a]]) {
+                    const s = root.querySelector(`input[name=${name}]`);
+                    s.value = v; s.dispatchEvent(new Event("input"));
+                }}""", [T, alpha])
+            state = json.loads(ex.get_attribute("data-state"))
+            ref = explain_all(state["teacher"], state["student"], state["label"], T, alpha)
+            text = ex.locator(".kdnb-x-readout").inner_text()
+            if f"T²·KL = {ref['t2kl']:.4f}" not in text or f"loss = {ref['loss']:.4f}" not in text:
+                problems.append(f"explorer {i} at T = {T}, α = {alpha} prints {text!r}, not kdnb's "
+                                f"T²·KL = {ref['t2kl']:.4f}, loss = {ref['loss']:.4f}")
+            bars = ex.locator("rect.teacher").evaluate_all("rs => rs.map(r => +r.getAttribute('height'))")
+            if len(bars) != len(ref["p"]) or max(bars) <= 0:
+                problems.append(f"explorer {i}: {len(bars)} teacher bars drawn for {len(ref['p'])} classes")
+            else:  # the bars' heights are in proportion to kdnb's probabilities
+                k = max(bars) / max(ref["p"])
+                if any(abs(b - k * p) > 0.5 for b, p in zip(bars, ref["p"])):
+                    problems.append(f"explorer {i}: bar heights {bars} are not kdnb's probabilities {ref['p']}")
+    return problems
+
+
 def check_animations(pg):
     """Move each to_jshtml animation's slider like a reader would (a click near its right end);
     the value and the shown frame must change. Returns the problems found."""
@@ -274,9 +305,9 @@ def inspect(page, code, screenshot=None):
     widgets = page.locator('script[type^="application/vnd.jupyter.widget"], .jupyter-widgets').count()
     if widgets:
         problems.append(f"{widgets} ipywidgets views or state on the page: controls that need a kernel")
-    sliders = page.locator("input[type=range]:not(div.animation input)").count()
+    sliders = page.locator("input[type=range]:not(div.animation input):not(.kdnb-explorer input)").count()
     if sliders:
-        problems.append(f"{sliders} sliders outside the kernel-free animations")
+        problems.append(f"{sliders} sliders outside the kernel-free animations and explorers")
 
     # images: every one loaded
     wait_quietly(page, "() => [...document.images].every(i => i.complete)")
@@ -311,6 +342,7 @@ def inspect(page, code, screenshot=None):
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(screenshot), full_page=True)
     problems += check_animations(page)
+    problems += check_explorers(page)
     problems += [f"request to an outside host: {url}" for url in page.external]
     problems += [f"missing file: {r}" for r in page.broken]
     problems += [f"script error: {e}" for e in page.errors]

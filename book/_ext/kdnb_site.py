@@ -8,7 +8,9 @@ The book's own Sphinx extension (build tooling, not part of kdnb), loaded throug
   reads from a file or an intranet. It comes from the npm registry, once: ``npm pack`` tarballs
   are kept in ``_build/.assets``, so later builds need no network.
 - ipywidgets outputs are dropped, with their saved state: on a static page their sliders would
-  move and change nothing. The kernel-free animations (``kdnb.widgets.*_frames``) stay.
+  move and change nothing. The kernel-free animations (``kdnb.widgets.*_frames``) stay, and an
+  explorer of ``kdnb/explorer.js`` is kept as its own HTML output: the same module and data, live
+  in the browser without a kernel.
 - matplotlib's ``to_jshtml`` animations link Font Awesome from a CDN for their buttons; the
   pages get kdnb's inline-SVG icons instead (``kdnb.widgets.offline``).
 - Each executed chapter shows under its title how long its code ran, with which profile
@@ -27,6 +29,7 @@ PACKAGES = {"mathjax": "3.2.2"}
 VENDOR = "offline"  # under the site's _static/
 MATHJAX = f"{VENDOR}/mathjax/tex-mml-chtml.js"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+STATIC_WIDGET = "kdnb-static-widget"  # kdnb.widgets.TemperatureWidget's HTML output
 LIVE_ONLY = "Live sliders here in JupyterLab (make lab); they need a running kernel, so this page leaves them out."
 
 
@@ -94,7 +97,11 @@ def drop_widgets(doctree):
     bundles = [b for b in doctree.findall(nodes.container) if b.get("nb_element") == "mime_bundle"
                and any(c.get("mime_type") == WIDGET_VIEW for c in b.children)]
     for bundle in bundles:
-        bundle.replace_self(nodes.paragraph(text=LIVE_ONLY, classes=["kdnb-live-only"]))
+        static = [c for c in bundle.children if c.get("mime_type") == "text/html" and STATIC_WIDGET in c.astext()]
+        if static:  # kdnb's explorers carry their own kernel-free version: the same module, the same data
+            bundle.replace_self(static[0].deepcopy())
+        else:
+            bundle.replace_self(nodes.paragraph(text=LIVE_ONLY, classes=["kdnb-live-only"]))
     return len(bundles)
 
 

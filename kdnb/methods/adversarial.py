@@ -77,6 +77,13 @@ def check_classes_arg(classes):
     return classes
 
 
+def check_adversary_classes(method, classes, data):
+    """A discriminator reads ``classes`` logits: the data must have that many classes."""
+    if classes != data.classes:
+        raise ValueError(f"classes={classes} in {method} but data {data.name!r} has {data.classes} classes: its "
+                         f"discriminator reads one logit per class; pass classes={data.classes}")
+
+
 class GANKD(TeacherOutputs):
     """GAN KD: terms ``"ce"`` (β · CE) and ``"adv"`` (−α · log σ(D(s))) for the student; the
     player ``"D"`` logs ``"bce"`` (L_D) and ``"acc"`` (how often it tells them apart, not trained on).
@@ -95,7 +102,12 @@ class GANKD(TeacherOutputs):
         check_positive_int("steps", steps)
         check_positive_int("hidden", hidden)
         classes = check_classes_arg(classes)
+        self.classes = classes
         self.D = seeded(seed, lambda: Adversary(discriminator(classes, hidden), lr=lr, steps=steps))
+
+    def setup(self, student, data):
+        super().setup(student, data)
+        check_adversary_classes(type(self).__name__, self.classes, data)
 
     def losses(self, logits, batch):
         fooled = F.logsigmoid(score(self.D, logits)).mean()  # log σ(D(s)): high when D takes s for the teacher
@@ -135,9 +147,13 @@ class WGANKD(TeacherOutputs):
         check_number("lr", lr, low=0, low_open=True)
         check_positive_int("steps", steps)
         check_positive_int("hidden", hidden)
-        classes = check_classes_arg(classes)
+        self.classes = classes = check_classes_arg(classes)
         self.critic = seeded(seed, lambda: Adversary(discriminator(classes, hidden), lr=lr, steps=steps,
                                                      clip=clip if lipschitz == "clip" else None))
+
+    def setup(self, student, data):
+        super().setup(student, data)
+        check_adversary_classes(type(self).__name__, self.classes, data)
 
     def losses(self, logits, batch):
         return {"ce": self.beta * F.cross_entropy(logits, batch.y), "adv": -self.alpha * score(self.critic, logits).mean()}

@@ -7,14 +7,27 @@ from .features import FeatureMethod
 
 
 class Attention(FeatureMethod):
-    """``beta / 2 · Σ_pairs mean((Q_s − Q_t)²)`` (term ``"at"``; the authors' code and
-    RepDistiller's, β = 1000), plus ``kd`` (a :class:`Distill`, optional). ``pairs`` are
-    ``(student node, teacher node)``; their maps must have one size (channels may differ)."""
+    """The attention term ``"at"``, plus ``kd`` (a :class:`Distill`, optional). ``pairs`` are
+    ``(student node, teacher node)``; their maps must have one size (channels may differ).
 
-    def __init__(self, teacher, pairs, beta=1000.0, p=2, kd=None):
+    Two forms of the same loss are in use, and a β means one or the other:
+
+    * ``form="code"`` (the default): ``beta · Σ_pairs mean((Q_s − Q_t)²)``, the authors' code
+      (``opt.beta * sum(loss_groups)`` in szagoruyko/attention-transfer's ``cifar.py``) and
+      RepDistiller's; their β = 1000 means this;
+    * ``form="paper"``: ``beta / 2 · Σ_pairs ‖Q_s − Q_t‖²`` averaged the same way, the paper's Eq. 2:
+      half the code's term at the same β."""
+
+    FORMS = {"code": 1.0, "paper": 0.5}
+
+    def __init__(self, teacher, pairs, beta=1000.0, p=2, kd=None, form="code"):
         super().__init__(teacher, pairs, kd)
         self.beta = check_number("beta", beta, low=0)
         self.p = check_number("p", p, low=0, low_open=True)
+        if form not in self.FORMS:
+            raise ValueError(f"form must be 'code' (beta · Σ, the authors' code and RepDistiller) or 'paper' "
+                             f"(beta / 2 · Σ, the paper's Eq. 2), got {form!r}")
+        self.form = form
 
     def build(self, student_features, teacher_features):
         for (s_node, t_node), s, t in zip(self.pairs, student_features, teacher_features):
@@ -25,4 +38,4 @@ class Attention(FeatureMethod):
 
     def feature_terms(self, student_features, teacher_features):
         at = sum(losses.attention_loss(s, t, self.p) for s, t in zip(student_features, teacher_features))
-        return {"at": self.beta / 2 * at}
+        return {"at": self.beta * self.FORMS[self.form] * at}

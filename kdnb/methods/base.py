@@ -25,6 +25,7 @@ Attributes starting with ``_`` are a method's runtime state (derived from the pu
 import functools
 import importlib.metadata
 import inspect
+import os
 import sys
 import types
 
@@ -99,7 +100,13 @@ class Loss(Method):
 
     def forward_train(self, student, batch):
         out = student(batch.x)
-        return logits_of(out), {"loss": self.fn(out, batch)}
+        loss = self.fn(out, batch)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            name = getattr(self.fn, "__qualname__", type(self.fn).__name__)
+            raise TypeError(f"the loss function {name} must return a scalar tensor (a graph to descend), got "
+                            f"{type(loss).__name__ if not isinstance(loss, torch.Tensor) else f'shape {tuple(loss.shape)}'}"
+                            f"; return a torch scalar such as F.cross_entropy(out, batch.y)")
+        return logits_of(out), {"loss": loss}
 
     def start_epoch(self, epoch, epochs):
         if hasattr(self.fn, "start_epoch"):
@@ -170,8 +177,11 @@ def describe(obj, where="method", _seen=None):
 
 
 def type_key(obj, where, is_type=False):
-    """A class named by its module and name, and by its source where that can change under us
-    (kdnb's own classes and a notebook's): two classes of one name can't share a key."""
+    """A class named by its module and name, and by its source where that can change under us:
+    kdnb's own classes and a notebook's by the class's source; a user's own module (any file that
+    is not an installed package in site-packages, an editable install included) by the source of
+    that module and of every user module it reaches; a released package by its version. Two
+    classes of one name, or one class before and after an edit, can't share a key."""
     cls = obj if is_type else type(obj)
     module = cls.__module__
     top = module.split(".")[0]
@@ -182,7 +192,45 @@ def type_key(obj, where, is_type=False):
             raise Uncacheable(f"{where} is an instance of {cls.__qualname__}, whose source kdnb can't read "
                               f"(defined in a notebook?); define it in a .py file, or train with "
                               f"kdnb.train.fit (uncached)") from None
+    if not installed(sys.modules.get(module) or sys.modules[top]):
+        return f"{module}.{cls.__qualname__}:{user_code_key(module, where)}"
     return f"{module}.{cls.__qualname__}@{top}-{package_version(top)}"
+
+
+def installed(mod):
+    """Whether module ``mod`` is part of a released package (under a site-packages folder, or the
+    standard library), whose version names its code; a user's own files are not."""
+    path = getattr(mod, "__file__", None)
+    if not path:
+        return True  # built in
+    top = mod.__name__.split(".")[0]
+    if top in sys.stdlib_module_names:
+        return True
+    parts = set(os.path.normpath(os.path.abspath(path)).split(os.sep))
+    return bool(parts & {"site-packages", "dist-packages"})
+
+
+def user_code_key(module, where):
+    """A hash of the source of the user's module ``module`` and of every user module it reaches
+    through its globals (imported modules, functions and classes), so an edit to a helper it
+    calls changes the key too; a module whose source can't be read is refused."""
+    sources, todo, seen = [], [module], set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in sys.modules:
+            continue
+        seen.add(name)
+        mod = sys.modules[name]
+        try:
+            sources.append(f"{name}\n{inspect.getsource(mod)}")
+        except (OSError, TypeError):
+            raise Uncacheable(f"{where} uses code from module {name!r}, whose source kdnb can't read; keep it in a "
+                              f".py file, or train with kdnb.train.fit (uncached)") from None
+        for value in vars(mod).values():
+            dep = value if isinstance(value, types.ModuleType) else sys.modules.get(getattr(value, "__module__", None) or "")
+            if dep is not None and dep.__name__ not in seen and not dep.__name__.startswith("kdnb") and not installed(dep):
+                todo.append(dep.__name__)
+    return store.key_of(sorted(sources))
 
 
 @functools.lru_cache(maxsize=None)
@@ -219,9 +267,16 @@ def describe_function(fn, where, seen):
         except ValueError:  # an empty cell: the name was not bound yet
             value = None
         closure[name] = describe(value, f"{where} (captured {name!r})", seen)
-    glob = {name: describe(fn.__globals__[name], f"{where} (global {name!r})", seen)
-            for name in sorted(code_names(fn.__code__)) if name in fn.__globals__
-            and not isinstance(fn.__globals__[name], types.ModuleType)}
+    glob = {}
+    for name in sorted(code_names(fn.__code__)):
+        value = fn.__globals__.get(name)
+        if name not in fn.__globals__:
+            continue
+        if isinstance(value, types.ModuleType):  # a user's own module is keyed by its code; a library's by its version
+            if not value.__name__.startswith("kdnb") and not installed(value):
+                glob[name] = {"module": user_code_key(value.__name__, f"{where} (global {name!r})")}
+            continue
+        glob[name] = describe(value, f"{where} (global {name!r})", seen)
     defaults = describe(fn.__defaults__, f"{where}.__defaults__", seen)
     return {"function": fn.__qualname__, "source": store.key_of(source), "closure": closure,
             "globals": glob, "defaults": defaults}

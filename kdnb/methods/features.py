@@ -149,7 +149,7 @@ class Hint(FeatureMethod):
     def build(self, student_features, teacher_features):
         if self.regressor is None:
             s, t = student_features[0], teacher_features[0]
-            self.regressor = regressor(s, t).to(s.device)
+            self.regressor = regressor(s, t).to(device=s.device, dtype=s.dtype)  # the student's dtype
 
     def trainable(self, student):
         if self.stage is None:

@@ -48,7 +48,7 @@ class Projected(FeatureMethod):
                                  f"{tuple(t.shape[1:])} (channels, size...); pick stages of the same size")
         if self.projectors is None:
             conv = nn.Conv1d if student_features[0].dim() == 3 else nn.Conv2d
-            self.projectors = nn.ModuleList(conv(s.shape[1], t.shape[1], 1).to(s.device)
+            self.projectors = nn.ModuleList(conv(s.shape[1], t.shape[1], 1).to(device=s.device, dtype=s.dtype)
                                             for s, t in zip(student_features, teacher_features))
 
     def feature_terms(self, student_features, teacher_features):
