@@ -209,6 +209,34 @@ def reference_kd_loss(student_logits, teacher_logits, y, T, alpha):
     return alpha * soft_loss + (1 - alpha) * F.cross_entropy(student_logits, y)
 
 
+def reference_sgd_loop(model, data, batch_size, device, teacher=None, *, lr, momentum, weight_decay, T, alpha, seed=0):
+    """One epoch of the usual training loop, our reference: fp32, a ``DataLoader`` that copies each
+    batch to the device, SGD (Nesterov), the KD loss as tutorials write it when ``teacher`` is
+    given, and a ``loss.item()`` per step. Returns the mean loss; batches in ``fit``'s order."""
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.x_train, data.y_train),
+                                         batch_size=batch_size, sampler=SameOrderSampler(len(data.y_train), seed),
+                                         pin_memory=torch.device(device).type == "cuda")
+    if teacher is not None:
+        teacher.to(device).eval()
+    total = 0.0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        opt.zero_grad()
+        logits = model(x)
+        if teacher is None:
+            loss = torch.nn.functional.cross_entropy(logits, y)
+        else:
+            with torch.no_grad():
+                t = teacher(x)
+            loss = reference_kd_loss(logits, t, y, T, alpha)
+        loss.backward()
+        opt.step()
+        total += loss.item()
+    return total / len(loader)
+
+
 def reference_val_acc(model, val_loader, n):
     """The reference loops' per-epoch validation: eval mode, no_grad, a .item() per batch."""
     model.eval()

@@ -29,8 +29,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
 import common
 from kdnb import models, sweep, train
@@ -63,26 +61,9 @@ def run_fit(model, data, batch_size, device, teacher=None, epochs=1):
 
 
 def run_reference(model, data, batch_size, device, teacher=None):
-    """The usual loop: fp32, a DataLoader that copies each batch to the device, .item() per step."""
-    model.to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD, nesterov=True)
-    loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=batch_size,
-                        sampler=common.SameOrderSampler(len(data.y_train), 0), pin_memory=device.type == "cuda")
-    total = 0.0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        opt.zero_grad()
-        logits = model(x)
-        if teacher is None:
-            loss = F.cross_entropy(logits, y)
-        else:
-            with torch.no_grad():
-                t = teacher(x)
-            loss = common.reference_kd_loss(logits, t, y, T, ALPHA)
-        loss.backward()
-        opt.step()
-        total += loss.item()
-    return total / len(loader)
+    """The usual loop (bench/common.py): fp32, a DataLoader that copies each batch, .item() per step."""
+    return common.reference_sgd_loop(model, data, batch_size, device, teacher, lr=LR, momentum=MOMENTUM,
+                                     weight_decay=WD, T=T, alpha=ALPHA)
 
 
 def throughput(args, device, data, teacher):

@@ -21,8 +21,6 @@ import copy
 import functools
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
 import common
 from kdnb import models, train
@@ -73,28 +71,9 @@ def run_fit(name, data, batch_size, device, teacher=None, compile=False, seed=0)
 
 
 def run_reference(name, data, batch_size, device, teacher=None, seed=0):
-    model = copy.deepcopy(initial(name, seed)).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD, nesterov=True)
-    loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=batch_size,
-                        sampler=common.SameOrderSampler(len(data.y_train), seed), pin_memory=device.type == "cuda")
-    if teacher is not None:
-        teacher.to(device).eval()
-    model.train()
-    running_loss = 0.0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        opt.zero_grad()
-        logits = model(x)
-        if teacher is None:
-            loss = F.cross_entropy(logits, y)
-        else:
-            with torch.no_grad():
-                teacher_logits = teacher(x)
-            loss = common.reference_kd_loss(logits, teacher_logits, y, T, ALPHA)
-        loss.backward()
-        opt.step()
-        running_loss += loss.item()
-    return {"loss": running_loss / len(loader)}
+    loss = common.reference_sgd_loop(copy.deepcopy(initial(name, seed)), data, batch_size, device, teacher, lr=LR,
+                                     momentum=MOMENTUM, weight_decay=WD, T=T, alpha=ALPHA, seed=seed)
+    return {"loss": loss}
 
 
 def main():
