@@ -23,7 +23,10 @@ def failure(text, chapter=None):
         found = re.findall(r"ExecutionError: (\S+\.(?:md|ipynb))", text)
         chapter = found[-1] if found else None
     cells = list(re.finditer(r"Cell In\[(\d+)\], line (\d+)", text))
-    arrows = re.findall(r"^-+> *\d+ (.*)$", text, re.M)
+    # the chapter's own failing line: the first arrow after the cell's frame (later frames are
+    # inside the library, e.g. the raise in kdnb.stats.Claims.check)
+    after = text[cells[-1].end():] if cells else text
+    arrows = re.findall(r"^-+> *\d+ (.*)$", after, re.M)[:1] or re.findall(r"^-+> *\d+ (.*)$", text, re.M)
     errors = [m for m in ERROR_LINE.finditer(text)
               if not m.group(1).endswith(("ExecutionError", "RuntimeError")) or "claim" in m.group(2)]
     if not (chapter or cells or errors):
@@ -34,7 +37,7 @@ def failure(text, chapter=None):
             error = f"{m.group(1)}: {m.group(2)}".strip().rstrip(":")
             break
     name = (error or "").split(":")[0].split(".")[-1]
-    return {"chapter": chapter, "cell": cells[-1].group(1) if cells else None, "line": arrows[-1].strip() if arrows else None,
+    return {"chapter": chapter, "cell": cells[-1].group(1) if cells else None, "line": arrows[0].strip() if arrows else None,
             "error": error, "claim": name in ("AssertionError", "ClaimFailed")}
 
 
