@@ -252,18 +252,20 @@ def test_an_alpha_one_member_never_reads_a_label(mnist1d):
 
 
 def test_stacked_runs_are_step_matched_named_and_on_their_own_samples(mnist1d, fresh_cache):
-    small = mnist1d.subset(0.2)  # 720 samples: 12 batches of 64
+    small = mnist1d.subset(0.2)  # 800 samples: 13 batches of 64
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(40, 10))
     pair = GridPair(small, teacher.eval(), {"name": "mlp", "hidden": [8]},
                     {"epochs": 1, "batch_size": 64, "lr": 1e-2, "device": "cpu"})
-    few = stratified_pick(small.y_train, 0.1, 0)  # 72 samples: 2 batches
+    few = stratified_pick(small.y_train, 0.1, 0)  # 80 samples: 2 batches
     runs = {"CE": {"alpha": 0.0, "T": 1.0}, ("few", "KD"): {"alpha": 0.9, "T": 4.0, "train": few},
             "hard": {"alpha": 0.0, "T": 1.0, "labels": "teacher", "steps": 36}}
     out = experiments.stacked(pair, small, runs, 12, seeds=(0, 1), progress=False)
     assert list(out) == list(runs)
-    assert (out["CE"]["epochs"], out["CE"]["steps"]) == (1, 12)
-    assert (out["few", "KD"]["epochs"], out["few", "KD"]["steps"]) == (6, 12)  # step-matched on 72 samples
-    assert (out["hard"]["epochs"], out["hard"]["steps"]) == (3, 36)
+    batches = -(-len(small.y_train) // 64)
+    assert batches == 13 and -(-len(few) // 64) == 2
+    assert (out["CE"]["epochs"], out["CE"]["steps"]) == (1, batches)  # the whole epoch closest to 12 steps
+    assert (out["few", "KD"]["epochs"], out["few", "KD"]["steps"]) == (6, 12)  # step-matched on 80 samples
+    assert (out["hard"]["epochs"], out["hard"]["steps"]) == (3, 3 * batches)  # closest to its own 36
     assert all(len(r["test_acc"]) == len(r["models"]) == len(r["histories"]) == 2 for r in out.values())
     # the KD students trained on their 72 samples: the same as fit on that subset
     d, method = sweep.member_fit({"alpha": 0.9, "T": 4.0, "seed": 1, "train": few}, small, [teacher],
