@@ -74,7 +74,7 @@ def main():
     print("## Book: execution time per chapter, quick profile\n")
     print(common.machine_info(args, protocol=f"each chapter run cold then warm, {args.repeats} time(s); "
                                             f"median shown; the chapters set their own threads "
-                                            f"(kdnb.profiles quick: 1)"))
+                                            f"(kdnb.book.profiles quick: 1)"))
     rows, cold_total, warm_total = [], 0.0, 0.0
     with tempfile.TemporaryDirectory(prefix="kdnb-bench-book-") as tmp:
         empty = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import kdnb")])

@@ -25,7 +25,8 @@ import torch
 from torch.utils import benchmark
 
 from common import machine_info, parse, parser, table
-from kdnb import data as kdata, experiments, profiles, sweep
+from kdnb import data as kdata, sweep
+from kdnb.book import experiments, profiles
 
 CE, KD, SOFT = {"alpha": 0.0, "T": 1.0}, {"alpha": 0.9, "T": 4.0}, {"alpha": 1.0, "T": 2.0}
 HARD = {**CE, "labels": "teacher"}

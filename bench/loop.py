@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import common
-from kdnb import data as kdata, models, profiles, train
+from kdnb import data as kdata, models, train
+from kdnb.book import profiles
 
 
 def run_fit(spec, data, epochs, batch_size, lr, seed=0):

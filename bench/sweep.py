@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnb import data as kdata, losses, models, profiles, sweep, train
+from kdnb import data as kdata, losses, models, sweep, train
+from kdnb.book import profiles
 from kdnb.teachers import TeacherCache
 from kdnb.methods import Distill
 

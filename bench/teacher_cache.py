@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import common
-from kdnb import data as kdata, models, profiles, train
+from kdnb import data as kdata, models, train
+from kdnb.book import profiles
 from kdnb.teachers import TeacherCache
 from kdnb.methods import CrossEntropy, Distill
 

@@ -5,7 +5,7 @@ Latencies are taken side by side in one process (:func:`compare`): every entry i
 timed in rounds of short blocks whose order rotates, so a slow spell of a shared machine falls on
 every entry alike. A latency is the median over the rounds, with its interquartile range; a ratio
 of two entries is the median of their per-round ratios (:func:`ratio`), which pairs measurements
-taken moments apart, as :func:`kdnb.plots.paired` pairs seeds. Only ratios travel between
+taken moments apart, as :func:`kdnb.book.plots.paired` pairs seeds. Only ratios travel between
 machines; a chapter asserts those, never an absolute time.
 """
 import contextlib

@@ -248,7 +248,7 @@ def fit_grid(make_student, data, teacher, members, *, epochs=10, batch_size=64, 
     are padded, and the padding carries no loss and no gradient. Members are stacked by step
     count, so a few long runs don't keep the short ones computing.
 
-    ``make_student`` is a model spec dict (``kdnb.profiles.get().student``) or a callable that
+    ``make_student`` is a model spec dict (``kdnb.book.profiles.get().student``) or a callable that
     returns a fresh student; member ``i`` starts from the weights it gets under
     ``torch.manual_seed(members[i]["seed"])``. Batches are shuffled by ``data_seed``, shared by
     all members; with ``data_seed=None`` each member's batches follow its own seed, exactly as

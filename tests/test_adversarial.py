@@ -10,9 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from kdnb import models, profiles, store, train
+from kdnb import models, store, train
+from kdnb.book import profiles
 from kdnb.methods import FrozenD, GANKD, WGANKD, describe
-from kdnb.methods.adversarial import SETTINGS, discriminator, discriminator_data
+from kdnb.book.settings import ADVERSARIAL as SETTINGS
+from kdnb.methods.adversarial import discriminator, discriminator_data
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_resume import assert_identical, epochs_started, finish, kill_when_stalled  # noqa: E402

@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdnb import cli, configs, data as datasets, runs, store
+from kdnb import data as datasets, store
+from kdnb.book import cli, configs, report, run as runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def kdnb(*argv):
     script = Path(sys.executable).parent / "kdnb"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "kdnb.cli"], list(argv)
+    return [str(script)] if script.exists() else [sys.executable, "-m", "kdnb.book.cli"], list(argv)
 
 
 @pytest.mark.parametrize("name", list(configs.CONFIGS))
@@ -29,7 +30,7 @@ def test_every_experiment_runs_in_the_quick_profile_on_a_tiny_budget(name):
     setting = configs.get(name).quick
     assert list(r["arms"]) == [a.name for a in setting.arms]
     assert all(len(v["test_acc"]) == 1 and 0 <= v["test_acc"][0] <= 1 for v in r["arms"].values())
-    assert 0 < r["teacher"]["test_acc"] <= 1 and r["epochs"] == 1 and not runs.is_result(r)
+    assert 0 < r["teacher"]["test_acc"] <= 1 and r["epochs"] == 1 and not report.is_result(r)
 
 
 def test_every_config_names_its_pieces_and_says_what_it_lacks():
@@ -154,15 +155,15 @@ def test_run_writes_results_resume_of_a_finished_run_retrains_nothing_and_report
 
 
 def test_the_full_column_reads_only_finished_full_runs_at_their_own_budget(finished, tmp_path):
-    assert runs.find_results(finished.parent, "full") == {}  # a quick run
-    assert runs.find_results(finished.parent, "quick") == {}  # a cut budget is not a result
+    assert report.find_results(finished.parent, "full") == {}  # a quick run
+    assert report.find_results(finished.parent, "quick") == {}  # a cut budget is not a result
     r = json.loads((finished / "results.json").read_text())
     whole = {**r, "profile": "full", "epochs": None, "seeds": [0, 1, 2]}
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "results.json").write_text(json.dumps(whole))
-    found = runs.find_results(tmp_path, "full")
+    found = report.find_results(tmp_path, "full")
     assert list(found) == ["seed001-exp4"]
-    table = runs.rows(configs.get("seed001-exp4"), None, found["seed001-exp4"])
+    table = report.rows(configs.get("seed001-exp4"), None, found["seed001-exp4"])
     assert table[0][3] == "not run yet" and table[1][4].endswith("(2 seeds)")
 
 

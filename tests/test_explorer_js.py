@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kdnb import widgets
+from kdnb.book import widgets
 
 JS = Path(widgets.__file__).with_name("explorer.js")
 CASES = [  # (teacher logits, student logits, label, T, alpha)
@@ -72,7 +72,7 @@ def test_the_static_widget_moves_in_a_browser_with_no_kernel_and_no_network(tmp_
 
 
 def grid_case():
-    from kdnb import stats
+    from kdnb.book import stats
     alphas, Ts = [0.5, 1.0], [1, 4, 16]
     g = lambda a, T, s: 0.01 * (a * T / 4 - 1) + 0.003 * ((s * 7 + int(T)) % 5 - 2)
     gains = {(a, T): [g(a, T, s) for s in range(4)] for a in alphas for T in Ts}

@@ -184,13 +184,13 @@ def test_bad_arguments_are_refused_clearly(data, teacher):
 
 
 def test_the_pairs_seeds_follow_the_seed_offset(monkeypatch):
-    from kdnb import feature_pairs, profiles
+    from kdnb.book import feature_pairs, profiles, settings
     monkeypatch.delenv("KDNB_SMOKE", raising=False)
     monkeypatch.setenv("KDNB_SEED_OFFSET", "1000")
-    for name, settings in feature_pairs.SETTINGS.items():
-        n = settings["seeds"]
+    for name, table in settings.FEATURE_PAIRS.items():
+        n = table["seeds"]
         assert feature_pairs.seeds(profiles.get(name)) == tuple(range(1000, 1000 + n))
     monkeypatch.setenv("KDNB_SEED_OFFSET", "0")
-    assert feature_pairs.seeds(profiles.get("quick")) == tuple(range(feature_pairs.SETTINGS["quick"]["seeds"]))
+    assert feature_pairs.seeds(profiles.get("quick")) == tuple(range(settings.FEATURE_PAIRS["quick"]["seeds"]))
     monkeypatch.setenv("KDNB_SMOKE", "1")
     assert feature_pairs.seeds(profiles.get("quick")) == (0, 1)

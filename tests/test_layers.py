@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 KDNB = Path(__file__).resolve().parent.parent / "kdnb"
-LAYERS = [
-    {"checks", "store", "device", "profiles"},               # ground: no KD knowledge
+LIBRARY = [
+    {"checks", "store", "device"},                            # ground: no KD knowledge
     {"losses", "models", "data"},                             # tensors
     {"teachers"},                                             # frozen teachers, cached outputs, feature taps
     {"methods.base"},                                         # the protocol
@@ -16,11 +16,16 @@ LAYERS = [
     {"methods.attention", "methods.projectors", "methods"},  # feature methods on features' base
     {"train"},                                                # the one loop
     {"sweep", "chains", "deploy"},                            # many models, deployment
-    {"experiments", "configs", "capacity", "distributed"},    # the chapters' shared experiments, seeds' configs; grids over ranks
-    {"runs", "feature_pairs"},                                # a config run, to results; chapter 7's pairs
-    {"widgets", "plots", "cli", "__init__"},                  # faces
-    {"stats"},                                                # a chapter's declared claims, checked
+    {"distributed", "__init__"},                              # grids over ranks
 ]
+BOOK = [  # the textbook's layer, above the whole library: never imported by it
+    {"book.settings"},                                        # the one registry of what is trained
+    {"book.profiles", "book.configs", "book.plots"},          # the registry read; figures and tables
+    {"book.experiments", "book.capacity", "book.report", "book.stats"},  # chapters' experiments; results read
+    {"book.feature_pairs", "book.run"},                       # chapter 7's pairs; a config run
+    {"book.widgets", "book.cli", "book"},                     # faces
+]
+LAYERS = LIBRARY + BOOK
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 
@@ -65,3 +70,11 @@ def test_imports_only_go_down(path):
         target = target if target in LAYER else target.split(".")[0]
         assert LAYER[target] < LAYER[me] or (me == "methods" and target.startswith("methods.")), \
             f"kdnb.{me} (layer {LAYER[me]}) imports kdnb.{target} (layer {LAYER[target]})"
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if not module_name(p).startswith("book")], ids=module_name)
+def test_the_library_never_imports_the_book(path):
+    """kdnb outside kdnb.book holds no chapter, profile, config or smoke mode: it imports none."""
+    found = [t for t in imports(path) if t == "book" or t.startswith("book.")]
+    assert not found, f"kdnb.{module_name(path)} (the library) imports kdnb.{found[0]} (the book)"
+    assert "KDNB_SMOKE" not in path.read_text(), f"kdnb.{module_name(path)} reads $KDNB_SMOKE: the book's"

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from kdnb import data as kdata, experiments, models, sweep
+from kdnb import data as kdata, models, sweep
+from kdnb.book import experiments
 from kdnb.data import Data, fractions, stratified_pick, transfer_sets, without_class
-from kdnb.experiments import GridPair
+from kdnb.book.experiments import GridPair
 from kdnb.train import fit
 
 FRACTIONS = [0.05, 0.1, 0.25, 0.5, 1.0]

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnb import cli, models, store, train
+from kdnb import models, store, train
+from kdnb.book import cli
 from kdnb.methods import GANKD, CrossEntropy, Distill, Hint, Method, TeacherLabels, Uncacheable, VirtualTeacher, \
     describe
 from kdnb.teachers import FrozenTeacher, TeacherCache, taps
@@ -323,7 +324,7 @@ class Bar:
 
 def test_one_progress_bar_per_experiment(data, fresh_cache, monkeypatch):
     import tqdm.auto
-    from kdnb import experiments, profiles
+    from kdnb.book import experiments, profiles
     monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
     monkeypatch.setenv("KDNB_DEVICE", "cpu")
     p = profiles.Profile(name="test", data="digits", teacher={"name": "mlp", "hidden": [16]},

@@ -42,7 +42,7 @@ def test_pyproject_declares_package_extras_and_script(pyproject):
     assert book["jupyter-book"] == "jupyter-book>=1.0.4,<2"
     assert {"jupyter-book", "jupyterlab", "jupytext", "ipywidgets", "matplotlib"} <= set(book)
     assert {"pytest", "nbval"} <= {name_of(d) for d in extras["test"]}
-    assert project["scripts"]["kdnb"] == "kdnb.cli:main"
+    assert project["scripts"]["kdnb"] == "kdnb.book.cli:main"
 
 
 def test_environment_yml_matches_pyproject(environment, pyproject):
@@ -97,7 +97,7 @@ def test_ci_passes_only_when_make_test_passes(tmp_path, make_exit, ci_ok):
 
 def kdnb_command():
     script = Path(sys.executable).parent / "kdnb"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "kdnb.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "kdnb.book.cli"]
 
 
 def test_kdnb_help_runs():
@@ -109,7 +109,8 @@ def test_kdnb_help_runs():
 
 
 def test_kdnb_cli_in_process(capsys, tmp_path, monkeypatch):
-    from kdnb import cli, data
+    from kdnb import data
+    from kdnb.book import cli
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in data.NAMES) and "profile quick" in out

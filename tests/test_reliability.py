@@ -22,7 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from kdnb import store, cli, data as kdata, losses, models, profiles, train
+from kdnb import store, data as kdata, losses, models, train
+from kdnb.book import cli, profiles
 from kdnb.store import CorruptFileError
 from kdnb.teachers import TeacherCache
 from kdnb.methods import CrossEntropy, Distill
@@ -257,7 +258,7 @@ BAD = [
     bad("teacher cache augmented", lambda e: TeacherCache(torch.randn(8, 4))(Batch(S, Y, Y, augmented=True)),
         ValueError, r"augment=True", r"un-augmented", r"live teacher"),
 
-    # kdnb.store, kdnb.profiles, the CLI
+    # kdnb.store, kdnb.book.profiles, the CLI
     bad("store.load missing", lambda e: store.load(e.tmp / "none.pt"), FileNotFoundError, r"^path ",
         r"none\.pt'", r"kdnb\.store\.save"),
     bad("store.load folder", lambda e: store.load(e.tmp), FileNotFoundError, r"^path ", r"test_bad_input",
@@ -273,7 +274,7 @@ BAD = [
         r"choose from .*list.*download.*cache"),
 ]
 
-# kdnb.sweep and kdnb.widgets: each row skips where its module is absent.
+# kdnb.sweep and kdnb.book.widgets: each row skips where its module is absent.
 M = {"alpha": 0.5, "T": 4.0, "seed": 0}
 TL = torch.randn(128, 4)  # teacher logits for the toy training split
 
@@ -284,7 +285,7 @@ def grid_fit(members=(M,), teacher_logits=TL, make_student=MLP, **kwargs):
 
 
 def explorer(label=0, t=T4[0], s=S[0], **kwargs):
-    return lambda e: pytest.importorskip("kdnb.widgets").TemperatureExplorer(t, s, label, **kwargs)
+    return lambda e: pytest.importorskip("kdnb.book.widgets").TemperatureExplorer(t, s, label, **kwargs)
 
 
 OPTIONAL_BAD = [
@@ -318,7 +319,7 @@ OPTIONAL_BAD = [
     bad("widget alpha", explorer(alpha=2.0), ValueError, r"^alpha ", r"got 2\.0", r"\[0, 1\]"),
     bad("widget logits nan", explorer(t=nan_at(T4, 0, 3)[0]), ValueError, r"^teacher_logits ", r"got nan",
         r"must be finite"),
-    bad("widget explain T", lambda e: pytest.importorskip("kdnb.widgets").explain(T4[0], S[0], 0, -1.0, 0.5),
+    bad("widget explain T", lambda e: pytest.importorskip("kdnb.book.widgets").explain(T4[0], S[0], 0, -1.0, 0.5),
         ValueError, r"^T ", r"got -1\.0", r"\(0, inf\)"),
 ]
 
@@ -747,7 +748,7 @@ def test_a_validation_split_that_takes_everything_is_refused():
 def test_run_files_are_written_atomically_and_named_when_broken(tmp_path, monkeypatch):
     """sessions.json, run.json and results.json are replaced whole (a kill leaves the old file or
     the new one); an empty or garbled one is refused naming the file."""
-    from kdnb import runs
+    from kdnb.book import report, run as runs
     out = tmp_path / "run"
     out.mkdir()
     writes = []
@@ -768,7 +769,7 @@ def test_run_files_are_written_atomically_and_named_when_broken(tmp_path, monkey
     (out / "results.json").write_text('{"experiment": "x", "arms": {"kd": {}}, "profile": "quick", "seeds": [0], '
                                       '"teacher": {"test_acc": 0.9}}')
     with pytest.raises(ValueError, match=r"not a complete results file of kdnb run: it lacks arms\['kd'\]\.test_acc"):
-        runs.load_results(out)
+        report.load_results(out)
 
 
 def test_kdnb_files_of_the_wrong_structure_are_named(tmp_path, toy):

@@ -220,7 +220,7 @@ def wait_quietly(pg, script, timeout=None):
 def check_explorers(pg):
     """Move each temperature explorer's sliders (kdnb/explorer.js, running with no kernel) and
     check that the numbers it prints and the bars it draws are kdnb's for the new T and α."""
-    from kdnb.widgets import explain_all
+    from kdnb.book.widgets import explain_all
     problems = []
     explorers = pg.locator(".kdnb-explorer")
     for i in range(explorers.count()):

@@ -1,4 +1,4 @@
-"""kdnb.stats: paired intervals with n − 1 degrees of freedom, Holm, equivalence margins, and
+"""kdnb.book.stats: paired intervals with n − 1 degrees of freedom, Holm, equivalence margins, and
 declared claims that fail with a message naming the claim; and the failure summary that ends
 `make book` / `make test` (book/_ext/kdnb_failures.py)."""
 import importlib
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from scipy import stats as sps
 
-from kdnb import stats
+from kdnb.book import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 

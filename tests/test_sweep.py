@@ -206,7 +206,7 @@ def test_full_profile_grid_is_seed_001s_cifar_pair(tmp_path, monkeypatch):
     ResNet-18 teacher and the batch-norm student, augmented, the teacher run live (no GPU here)."""
     import importlib
     from test_data import existence_only, tiny_images, write_cifar10
-    from kdnb import experiments, profiles
+    from kdnb.book import experiments, profiles
     existence_only(monkeypatch, importlib.import_module("torchvision.datasets.cifar"))
     write_cifar10(tmp_path, tiny_images(40, 3, 32, 32, 0, 250, seed=1), tiny_images(10, 3, 32, 32, 0, 250, seed=2))
     full = profiles.get("full")

@@ -1,11 +1,12 @@
-"""kdnb.capacity and chains.Root: a chain from a teacher trained in the same call, each stage
+"""kdnb.book.capacity and chains.Root: a chain from a teacher trained in the same call, each stage
 cached, so another assistant retrains only what changed; the ladder's settings and measures."""
 import math
 
 import pytest
 import torch
 
-from kdnb import capacity, chains, models, train
+from kdnb import chains, models, train
+from kdnb.book import capacity, settings
 
 SPEC = {"name": "mlp", "hidden": [16]}
 FIT = dict(epochs=2, batch_size=64, lr=3e-3, progress=False)
@@ -35,7 +36,7 @@ def fits(monkeypatch):
 @pytest.fixture
 def tiny(monkeypatch):
     """A three-rung ladder of 1-D convnets on the digits, read as the quick profile's settings."""
-    monkeypatch.setitem(capacity.SETTINGS, "quick", TINY)
+    monkeypatch.setitem(settings.CAPACITY, "quick", TINY)
     monkeypatch.delenv("KDNB_SMOKE", raising=False)
 
 
@@ -90,14 +91,14 @@ def test_baselines_are_cross_entropy_on_the_students_budget(data, fresh_cache, f
 def test_settings_follow_the_profile_and_smoke(monkeypatch):
     monkeypatch.delenv("KDNB_SEED_OFFSET", raising=False)
     quick = capacity.settings("quick")
-    assert quick["depths"] == (2, 4, 6, 8, 10) and quick["seeds"] == tuple(range(capacity.SETTINGS["quick"]["seeds"]))
+    assert quick["depths"] == (2, 4, 6, 8, 10) and quick["seeds"] == tuple(range(settings.CAPACITY["quick"]["seeds"]))
     assert len(quick["seeds"]) >= 8 and quick["teacher_seed"] not in quick["seeds"]
     assert capacity.settings("full")["fit"]["epochs"] == 100 and capacity.settings("full")["data"] == "cifar10"
     assert capacity.spec(6, "quick") == {**quick["spec"], "depth": 6}
     assert quick["teacher_epochs"] == 3 * quick["fit"]["epochs"]
     monkeypatch.setenv("KDNB_SMOKE", "1")
     assert capacity.settings("full")["fit"]["epochs"] == 1 == capacity.settings("full")["teacher_epochs"]
-    assert capacity.SETTINGS["full"]["fit"]["epochs"] == 100  # a copy, not the table
+    assert settings.CAPACITY["full"]["fit"]["epochs"] == 100  # a copy, not the table
 
 
 def test_every_seed_follows_the_seed_offset(monkeypatch, data, fresh_cache, fits, tiny):

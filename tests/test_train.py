@@ -331,7 +331,8 @@ def test_distill_objective(data):
 def test_thread_count_comes_from_the_profile_never_the_load(monkeypatch):
     """The profile fixes the thread count ($KDNB_THREADS overrides it); the machine's load never
     picks it, and the training cache keys a run by the threads it ran on."""
-    from kdnb import device, profiles
+    from kdnb import device
+    from kdnb.book import profiles
     assert not hasattr(device, "cpu_threads")
     monkeypatch.setattr(profiles.os, "getloadavg", lambda: (0.0, 0.0, 0.0), raising=False)
     assert profiles.get("quick").threads == 1
@@ -352,7 +353,7 @@ def test_thread_count_comes_from_the_profile_never_the_load(monkeypatch):
 
 
 def test_seed_offset_shifts_every_profile_seed(monkeypatch):
-    from kdnb import profiles
+    from kdnb.book import profiles
     monkeypatch.setenv("KDNB_SEED_OFFSET", "1000")
     p = profiles.get("quick")
     assert p.seeds == (1000, 1001, 1002) and p.seed(0) == 1000 and p.seed(100) == 1100

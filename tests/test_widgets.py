@@ -9,8 +9,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 import pytest
 import torch
 
-from kdnb import losses, models, profiles
-from kdnb.widgets import DPI, TemperatureExplorer, explain, grid_frames, offline, temperature_frames
+from kdnb import losses, models
+from kdnb.book import profiles
+from kdnb.book.widgets import DPI, TemperatureExplorer, explain, grid_frames, offline, temperature_frames
 
 ZT = torch.tensor([6.0, 2.0, 1.0, -1.0, 0.5])
 ZS = torch.tensor([3.0, 2.5, 0.0, -0.5, 0.2])
@@ -92,7 +93,7 @@ def fake_history(level, epochs=4):
 
 
 def test_grid_explorer_shows_the_picked_cell():
-    from kdnb.widgets import GridExplorer, grid_frames
+    from kdnb.book.widgets import GridExplorer, grid_frames
     alphas, Ts = [0.5, 1.0], [1, 4]
     cells = {(a, T): [fake_history(a * T / 4), fake_history(a * T / 5)] for a in alphas for T in Ts}
     ex = GridExplorer(cells, alphas, Ts, baseline=[fake_history(0.5)])
@@ -107,7 +108,7 @@ def test_grid_explorer_shows_the_picked_cell():
 
 
 def test_grid_explorer_needs_cells():
-    from kdnb.widgets import GridExplorer
+    from kdnb.book.widgets import GridExplorer
     with pytest.raises(ValueError, match="cells must hold"):
         GridExplorer({}, [1.0], [1])
 

@@ -23,19 +23,6 @@ from .hinton import TeacherOutputs
 
 LIPSCHITZ = ("gp", "clip")
 
-# Chapter 8's budget, number of student seeds and data sets per profile. Quick: 15 epochs (chapter 2
-# trains for 100) so that three variants, their settings and ten seeds (the seed count; the chapter
-# takes them from profile.seed_list, so $KDNB_SEED_OFFSET shifts them) fit a few CPU minutes; full:
-# the profile's MNIST pair for 60 epochs, then seed 004's notMNIST (the same pair) and SVHN (seed
-# 001's CIFAR-10 pair, without augmentation: flipped digits are other digits).
-SETTINGS = {
-    "quick": {"epochs": 15, "seeds": 10, "others": {}},
-    "full": {"epochs": 60, "seeds": 3, "others": {
-        "notmnist": {},
-        "svhn": {"teacher": {"name": "resnet18_cifar"}, "student": {"name": "cifar_cnn"}, "teacher_epochs": 20}}},
-}
-
-
 def discriminator(classes, hidden=64, out=1):
     """A small MLP on logits: K → hidden → hidden → ``out`` (a real/fake score, or 2 logits)."""
     return nn.Sequential(nn.Linear(classes, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),

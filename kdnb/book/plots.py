@@ -17,13 +17,18 @@ def pm(values, scale=100, digits=1):
     return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
 
 
+def markdown(rows, header):
+    """A markdown table as text (what ``kdnb report`` prints); a bare pipe is escaped, since it
+    would end the cell."""
+    cell = lambda c: str(c).replace("|", "\\|")
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(cell, row)) + " |" for row in rows])
+
+
 def table(rows, header):
     """A markdown table (shown as a table in JupyterLab and on the site)."""
     from IPython.display import Markdown
-    cell = lambda c: str(c).replace("|", "\\|")  # a bare pipe would end the cell
-    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
-    return Markdown("\n".join(lines))
+    return Markdown(markdown(rows, header))
 
 
 def curves(histories, key="val_acc", ax=None, title=None, ylabel="validation accuracy"):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from . import losses
+from .. import losses
 
 T_RANGE = (0.5, 20.0)
 DPI = 80  # CSS pixels per inch of figure

@@ -8,58 +8,29 @@ then retrains only what differs. Teachers are trained once per size, from their 
 longer (``teacher_epochs``); assistants and students from the seed ``s``, so students of one
 size compared across paths share their initial weights and batches (paired differences).
 
-The profile's settings are :data:`SETTINGS` (read with :func:`settings`). Their seeds are
+The profile's settings are :data:`kdnb.book.settings.CAPACITY` (read with :func:`settings`). Their seeds are
 offsets: :func:`settings` passes them through the profile (``$KDNB_SEED_OFFSET``), so a rerun
 with another offset draws fresh teachers, assistants and students.
 """
-import os
-
 import torch
 
-from . import profiles
-from .chains import Link, Root, chain, teacher_of
-from .checks import check_alpha, check_T, check_positive_int
-from .data import load
-from .losses import soft_targets
-from .methods import Distill
-from .teachers import predict
-from .train import progress_bar, trained
-
-SETTINGS = {
-    # MNIST-1D, 1-D convnets with batch norm (without it the deeper ones train worse than the
-    # shallow ones in a short budget) and a first width of 6 channels, doubled every second
-    # layer: 2 layers see 6 samples of a 40-long signal, 10 layers all of it, through 96
-    # channels. Adam, cosine; students 5 epochs (~160 steps, far from converged: the chapter
-    # measures learning at a short budget), teachers 3x that; 10 seeds, so ~185 models in about
-    # 2.5 minutes of one core (the per-step cost of these small models is mostly overhead, so
-    # steps and seeds, not widths, are what the budget buys).
-    "quick": {"data": "mnist1d", "depths": (2, 4, 6, 8, 10),
-              "spec": {"name": "convnet", "width": 6, "norm": True, "hidden": 32},
-              "fit": {"epochs": 5, "batch_size": 128, "lr": 1e-2, "schedule": "cosine"},
-              "teacher_epochs": 15, "teacher_seed": 100, "seeds": 10, "cells": ((0.5, 2.0), (0.9, 4.0))},
-    # Seed 001 exp 6: CIFAR-10, 2-D convnets of 2-10 conv layers, SGD for 100 epochs, regularised
-    # (weight decay, augmentation, batch norm); 3 seeds (100 epochs a model).
-    "full": {"data": "cifar10", "depths": (2, 4, 6, 8, 10),
-             "spec": {"name": "convnet", "width": 32, "norm": True, "hidden": 128},
-             "fit": {"epochs": 100, "batch_size": 128, "lr": 0.05, "optimizer": "sgd",
-                     "weight_decay": 5e-4, "schedule": "cosine", "augment": True},
-             "teacher_epochs": 100, "teacher_seed": 100, "seeds": 3, "cells": ((0.5, 2.0), (0.9, 4.0))},
-}
-
+from . import profiles, settings as registry
+from ..chains import Link, Root, chain, teacher_of
+from ..checks import check_alpha, check_T, check_positive_int
+from ..data import load
+from ..losses import soft_targets
+from ..methods import Distill
+from ..teachers import predict
+from ..train import progress_bar, trained
 
 def settings(profile=None):
-    """The chapter's settings for ``profile`` (default: ``kdnb.profiles.get()``): a copy of
-    :data:`SETTINGS` for its name, its seeds shifted by the profile's seed offset: ``seeds``, the
+    """The chapter's settings for ``profile`` (default: ``kdnb.book.profiles.get()``): a copy of
+    :data:`kdnb.book.settings.CAPACITY` for its name, its seeds shifted by the profile's seed offset: ``seeds``, the
     number of students per path there, becomes ``profile.seed_list(seeds)`` and ``teacher_seed``
     ``profile.seed(teacher_seed)``. ``$KDNB_SMOKE=1`` trains one epoch, as ``profiles.get`` does."""
     p = profiles.get(profile)
-    if p.name not in SETTINGS:
-        raise ValueError(f"profile must be one of {', '.join(SETTINGS)} for the capacity ladder, got {p.name!r}")
-    table = SETTINGS[p.name]
-    s = {**table, "seeds": p.seed_list(table["seeds"]), "teacher_seed": p.seed(table["teacher_seed"])}
-    if os.environ.get("KDNB_SMOKE") == "1":
-        s["fit"], s["teacher_epochs"] = {**s["fit"], "epochs": 1}, 1
-    return s
+    s = registry.chapter("capacity", p.name)
+    return {**s, "seeds": p.seed_list(s["seeds"]), "teacher_seed": p.seed(s["teacher_seed"])}
 
 
 def spec(depth, profile=None):

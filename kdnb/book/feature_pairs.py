@@ -7,51 +7,19 @@ each max-pool), the ReLUs before them (``"3"``, ``"8"``) keep the full length fo
 stages (channels 256, 512, 1024, 2048 → 64, 128, 256, 512), trained as seed 001's CIFAR pair is
 (SGD, cosine, crops and flips), so the teacher runs live. ``$KDNB_SMOKE=1``: one epoch of each,
 two seeds (``FeaturePair.seeds``) and, in the full profile, a few training and test images.
-``SETTINGS`` give each profile's number of student seeds; the seeds themselves, and the full
+:data:`kdnb.book.settings.FEATURE_PAIRS` give each profile's number of student seeds; the seeds themselves, and the full
 profile's teacher seed, come from the profile at call time, shifted by ``$KDNB_SEED_OFFSET``.
 """
-import os
 from dataclasses import dataclass, replace
 
 import torch
 
-from . import profiles
-from .data import load
+from ..data import load
+from ..methods import TeacherFeatures
+from ..teachers import FrozenTeacher, TeacherCache
+from ..train import progress_bar, trained
+from . import profiles, settings as registry
 from .experiments import teacher as profile_teacher
-from .methods import TeacherFeatures
-from .teachers import FrozenTeacher, TeacherCache
-from .train import progress_bar, trained
-
-SMOKE_IMAGES = 4  # $KDNB_SMOKE=1: the training and test images the full profile's pair keeps
-RESNET18_STAGES = [f"layer{i}.1.relu_1" for i in range(1, 5)]
-RESNET50_STAGES = [f"layer{i}.{n - 1}.relu_2" for i, n in zip(range(1, 5), (3, 4, 6, 3))]
-
-SETTINGS = {
-    "quick": {
-        "student": {"name": "convnet", "depth": 4, "width": 8, "hidden": 32},
-        "fit": {"epochs": 8, "batch_size": 128, "lr": 1e-2},
-        "stage1_epochs": 3,  # of the 8: FitNets' two stages share the others' step budget
-        "stages": [("4", "4"), ("9", "9")],  # (student node, teacher node)
-        "attention": [("3", "3"), ("8", "8")],
-        "hint": ("4", "4"),  # (guided, hint): the middle of each network
-        "seeds": 10,  # student seeds per arm: profile.seed_list(10), shifted by the seed offset
-    },
-    "full": {
-        "data": "cifar10",
-        "teacher": {"name": "resnet50_cifar"},
-        "teacher_fit": {"epochs": 60, "batch_size": 128, "lr": 0.1, "optimizer": "sgd", "weight_decay": 5e-4,
-                        "schedule": "cosine", "augment": True},
-        "student": {"name": "resnet18_cifar"},
-        "fit": {"epochs": 30, "batch_size": 128, "lr": 0.05, "optimizer": "sgd", "weight_decay": 5e-4,
-                "schedule": "cosine", "augment": True},
-        "stage1_epochs": 5,
-        "stages": list(zip(RESNET18_STAGES, RESNET50_STAGES)),
-        "attention": list(zip(RESNET18_STAGES, RESNET50_STAGES)),
-        "hint": (RESNET18_STAGES[1], RESNET50_STAGES[1]),
-        "seeds": 3,
-    },
-}
-
 
 class DescribedOnce(FrozenTeacher):
     """A :class:`~kdnb.teachers.FrozenTeacher` that describes its model for cache keys once, not
@@ -85,25 +53,24 @@ class FeaturePair:
 
 
 def seeds(profile=None):
-    """The pair's student seeds: ``SETTINGS``' count of them (two under ``$KDNB_SMOKE=1``) from
+    """The pair's student seeds: the settings' count of them (smoked: two) from
     ``profile.seed_list``, so ``$KDNB_SEED_OFFSET`` shifts them."""
     p = profiles.get(profile)
-    return p.seed_list(2 if os.environ.get("KDNB_SMOKE") == "1" else SETTINGS[p.name]["seeds"])
+    return p.seed_list(registry.chapter("feature_pairs", p.name)["seeds"])
 
 
 def pair(profile=None, root=None):
     """The profile's :class:`FeaturePair`, its teacher trained once (cached)."""
     p = profiles.get(profile)
-    s = SETTINGS[p.name]
-    smoke = os.environ.get("KDNB_SMOKE") == "1"
-    fit_args = {**s["fit"], "epochs": 1} if smoke else dict(s["fit"])
+    s = registry.chapter("feature_pairs", p.name)  # smoked: one epoch of each, two seeds, a few images
+    fit_args = dict(s["fit"])
     if "teacher" in s:
         data = load(s["data"], root=root)
-        if smoke:  # one step on a few images, tested on a few: a ResNet student costs its images
-            n = SMOKE_IMAGES
+        if "images" in s:  # one step on a few images, tested on a few: a ResNet student costs its images
+            n = s["images"]
             data = replace(data.with_train(torch.arange(min(n, len(data.y_train)))),
                            x_test=data.x_test[:n], y_test=data.y_test[:n])
-        teacher_fit = {**s["teacher_fit"], "epochs": 1} if smoke else s["teacher_fit"]
+        teacher_fit = s["teacher_fit"]
         bar = progress_bar(teacher_fit["epochs"], f"teacher {s['teacher']['name']} on {data.name}")
         model, _ = trained(s["teacher"], data, seed=p.seed(0), progress=bar, **teacher_fit)
         bar.close()
@@ -117,5 +84,5 @@ def pair(profile=None, root=None):
         logits = TeacherCache.compute(model, data.x_train)
         features = TeacherFeatures.compute(model, data.x_train, nodes)
     return FeaturePair(data, model, logits, features, s["student"], fit_args,
-                       1 if smoke else s["stage1_epochs"], s["stages"], s["attention"], tuple(s["hint"]),
+                       s["stage1_epochs"], s["stages"], s["attention"], tuple(s["hint"]),
                        seeds(p))

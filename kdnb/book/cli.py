@@ -114,7 +114,8 @@ def main(argv=None):
 
 def do_list(args, p):
     from dataclasses import asdict
-    from . import configs, data, profiles, runs
+    from .. import data
+    from . import configs, profiles, run as runs, report
     if args.name:
         c = configs.get(args.name)
         print(f"{c.name}: {c.description}\nchapter {c.chapter}, seed {c.seed}"
@@ -143,50 +144,51 @@ def default_out(name, profile):
 
 
 def do_run(args, p):
-    from . import runs
+    from . import run as runs, report
     out = Path(args.out) if args.out else default_out(args.name, args.profile)
     results = runs.run(args.name, args.profile, args.seeds, args.epochs, out=out, root=args.data)
     summary(results, out)
 
 
 def do_resume(args, p):
-    from . import runs
+    from . import run as runs, report
     out = Path(args.dir)
     summary(runs.resume(out, root=args.data), out)
 
 
 def summary(results, out):
-    from . import device, runs
+    from .. import device
+    from . import run as runs, report
     if not device.is_main():  # under torchrun: rank 0 reports for all
         return
     print(f"{results['experiment']} ({results['profile']}): teacher {results['teacher']['test_acc']:.1%}")
     for arm in results["arms"]:
-        print(f"  {arm}: {runs.cell(results, arm)}")
+        print(f"  {arm}: {report.cell(results, arm)}")
     print(f"results: {out / 'results.json'}; figures: {', '.join(results['figures'])}; "
           f"wall time {results['wall_time_s']:.0f} s")
 
 
 def do_report(args, p):
-    from . import configs, runs
+    from . import configs, run as runs, report
     table = []
     for d in args.dirs:
-        r = runs.load_results(d)
+        r = report.load_results(d)
         if r["experiment"] not in configs.CONFIGS:
             raise ValueError(f"path {d!r} holds experiment {r['experiment']!r}, which this kdnb does not know")
         folder = Path(d) if Path(d).is_dir() else Path(d).parent
-        figs = runs.figures(r, folder / "figures")
-        budget = "" if runs.is_result(r) else " (cut budget: not a result)"
+        figs = report.figures(r, folder / "figures")
+        budget = "" if report.is_result(r) else " (cut budget: not a result)"
         label = f"{r['profile']}{budget}"
         table.append([r["experiment"], "teacher", label, r["teacher"]["published"] or "—",
                       f"{r['teacher']['test_acc']:.1%}"])
-        table += [[r["experiment"], arm, label, v["published"] or "—", runs.cell(r, arm)]
+        table += [[r["experiment"], arm, label, v["published"] or "—", report.cell(r, arm)]
                   for arm, v in r["arms"].items()]
         print(f"{d}: figure {figs[0]}", file=sys.stderr)
-    print(runs.markdown(table, ["experiment", "model", "profile", "seed's figure", "ours (test accuracy)"]))
+    print(report.markdown(table, ["experiment", "model", "profile", "seed's figure", "ours (test accuracy)"]))
 
 
 def do_download(args, p):
-    from . import data
+    from .. import data
     if args.name not in data.TORCHVISION:
         p.error(f"name must be one of {', '.join(data.TORCHVISION)}, got {args.name!r}")
     root = data.data_root(args.root)
@@ -205,7 +207,7 @@ COMMANDS = {"list": do_list, "run": do_run, "resume": do_resume, "report": do_re
 def stale(config):
     """Whether no current code can hit an entry: the code it was keyed on has changed (or is gone)."""
     import importlib
-    from . import store
+    from .. import store
     code = config.get("code") if isinstance(config, dict) else None
     if code is None:
         return not isinstance(config, dict)  # data: keyed on its generator, never stale; unreadable: stale
@@ -221,7 +223,7 @@ def stale(config):
 
 
 def cache(action):
-    from . import store
+    from .. import store
     entries = store.entries()
     size = lambda items: f"{len(items)} entries, {sum(e[1] for e in items) / 1e6:.1f} MB"
     if action == "show":

@@ -16,7 +16,7 @@ one does not hold."""
 import math
 from dataclasses import dataclass, field
 
-from .checks import check_number
+from ..checks import check_number
 
 VERDICTS = ("established gain", "established loss", "equivalent", "inconclusive")
 

@@ -1,24 +1,110 @@
-"""Every seed experiment as a named config: its data, models, methods, optimiser, schedule, epochs,
-augmentation and seeds, in the full profile (the seed's scale, on its data set) and the quick one
-(the same design scaled down on the embedded data). ``kdnb run NAME`` trains one
-(:mod:`kdnb.runs`); ``kdnb list`` shows them.
+"""The book's settings, in one registry: what every chapter and every named experiment trains.
 
-A config is a :class:`Config` of two :class:`Setting` s (``quick`` and ``full``); a setting trains
-one teacher (seed 0) and then each :class:`Arm` (a student and the method that trains it) once per
-seed. Adding an experiment is one entry in :data:`CONFIGS`; a config whose pieces kdnb lacks (a
-model builder, a data set, a method) is listed with what it needs (``kdnb.runs.needs``) and refused
-by ``kdnb run`` until they land.
+* :data:`PROFILES`: the run profiles (``quick``, ``full``), read by :func:`kdnb.book.profiles.get`;
+* :data:`CONFIGS`: the seeds' experiments as named configs (``kdnb run NAME``, :mod:`kdnb.book.configs`);
+* :data:`CHAPTERS`: each chapter's own settings per profile (chapter 6's capacity ladder,
+  chapter 7's feature pairs, chapter 8's adversarial budget), read by :func:`chapter`;
+* :func:`smoke`: the one smoke transform (``$KDNB_SMOKE=1``, read by :func:`smoke_mode` alone):
+  every epoch count to one, the transfer set to a few signals, and a setting's own ``"smoke"``
+  overrides (fewer seeds, a few images).
+
+Adding an experiment or a chapter's setting touches this file alone. The library (``kdnb``
+outside ``kdnb.book``) knows none of it.
 """
-import inspect
+import dataclasses
+import os
 from dataclasses import dataclass, field, replace
 
-from . import data as datasets, models
+# ---------------------------------------------------------------------------------------------
+# Smoke mode: the tests' one epoch of everything, on tiny files.
+
+# A count under smoke is at most this: the epochs of every training, and the transfer set.
+SMOKE_CAPS = {"epochs": 1, "teacher_epochs": 1, "stage1_epochs": 1, "transfer_set": 64}
+RUN_SMOKE = {"seeds": 1, "images": 8}  # kdnb run: one seed, and in the full profile 8 training images
+
+
+def smoke_mode():
+    """Whether ``$KDNB_SMOKE=1``: the only place kdnb reads it."""
+    return os.environ.get("KDNB_SMOKE") == "1"
+
+
+def smoke(value):
+    """``value`` (a dict, a dataclass, or a list of them) as smoke mode trains it: every count of
+    :data:`SMOKE_CAPS` capped, in nested fit arguments too, and a dict's own ``"smoke"`` entry
+    merged over it. Returns a copy; the tables are never changed."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return replace(value, **smoke({f.name: getattr(value, f.name) for f in dataclasses.fields(value)}))
+    if isinstance(value, dict):
+        out = {k: (min(v, SMOKE_CAPS[k]) if k in SMOKE_CAPS and isinstance(v, int) else smoke(v))
+               for k, v in value.items() if k != "smoke"}
+        return {**out, **value.get("smoke", {})}
+    if isinstance(value, (list, tuple)):
+        return type(value)(smoke(v) for v in value)
+    return value
+
+
+def unsmoked(value):
+    """A dict of settings without its ``"smoke"`` overrides (what runs outside smoke mode)."""
+    return {k: v for k, v in value.items() if k != "smoke"}
+
+
+def chapter(name, profile_name):
+    """Chapter setting ``name`` (a key of :data:`CHAPTERS`) for a profile, as a fresh dict: smoked
+    under ``$KDNB_SMOKE=1``. Seeds stay counts; the chapter draws them from the profile."""
+    table = CHAPTERS[name]
+    if profile_name not in table:
+        raise ValueError(f"profile must be one of {', '.join(table)} for the {name} settings, got {profile_name!r}")
+    return smoke(table[profile_name]) if smoke_mode() else unsmoked(table[profile_name])
+
+
+# ---------------------------------------------------------------------------------------------
+# The records: a profile, and a named experiment's config.
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    data: str                 # the chapters' default data set
+    teacher: dict             # model spec of the default teacher
+    student: dict             # model spec of the default student
+    epochs: int               # student epochs on the labelled training split
+    teacher_epochs: int
+    batch_size: int
+    lr: float                 # the students'
+    teacher_lr: float
+    seeds: tuple = (0, 1, 2)
+    # CPU threads, fixed: never chosen from the machine's load, since a reduction split over 2
+    # threads rounds differently from one over 1, and over thousands of steps the students differ.
+    # $KDNB_THREADS overrides it (the cache keys training by the thread count it ran on).
+    threads: int = 1
+    seed_offset: int = 0      # $KDNB_SEED_OFFSET: added to every seed a chapter uses (seed())
+    transfer_set: int = 0     # unlabeled inputs a teacher labels: fresh signals (MNIST-1D) or, for image
+    labelled_fraction: float = 1.0  # sets, the training images beyond a labelled fraction
+    extra: dict = field(default_factory=dict)
+
+    def seed(self, s=0):
+        """Seed ``s`` of a chapter, shifted by the profile's ``seed_offset`` ($KDNB_SEED_OFFSET): a
+        teacher's, a student's, a drawn split's. With an offset the whole book reruns on fresh
+        draws, which is how its claims are checked to replicate."""
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {s!r}")
+        return self.seed_offset + s
+
+    def seed_list(self, n):
+        """``n`` student seeds: ``seed(0) … seed(n − 1)``."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"n must be an integer >= 2 (paired comparisons need two seeds), got {n!r}")
+        return tuple(self.seed(i) for i in range(n))
+
+    def steps(self, n_labelled):
+        """The students' step budget: ``epochs`` over the labelled split. Every student of a
+        comparison gets it, whatever its training set (:func:`epochs_for`)."""
+        return self.epochs * math.ceil(n_labelled / self.batch_size)
 
 
 @dataclass(frozen=True)
 class Arm:
     """One student of an experiment: the model ``student`` (a ``kdnb.models.build`` spec) trained
-    with ``method`` (a name in ``kdnb.runs.METHODS``) and its ``options`` (T, alpha, ...), from
+    with ``method`` (a name in ``kdnb.book.run.METHODS``) and its ``options`` (T, alpha, ...), from
     ``teacher``: ``"teacher"`` (the setting's) or the name of an earlier arm (the same seed's model
     of it: a self-teacher, a distilled student, an assistant). ``fraction`` of the labelled
     training split, at the same step budget as the others. ``fit`` overrides the setting's
@@ -65,6 +151,18 @@ class Config:
 # The pieces the quick versions share (embedded data: MNIST-1D for the seeds' CIFAR-10 and
 # harder sets, scikit-learn's 8×8 digits for MNIST), and the full profile's.
 
+# Seed 001's CIFAR-10 pair, trained as the report did: SGD, a decaying learning rate, augmentation
+# (crops and flips). Every CIFAR-10 training of the book (chapters 3, 6 and 7, the configs) uses these.
+SGD_CIFAR = {"batch_size": 128, "optimizer": "sgd", "weight_decay": 5e-4, "schedule": "cosine", "augment": True}
+CIFAR_TEACHER = {"name": "resnet18_cifar"}
+CIFAR_TEACHER_FIT = {"epochs": 60, "lr": 0.1, **SGD_CIFAR}
+CIFAR_STUDENT = {"name": "cifar_cnn"}
+CIFAR_FIT = {"epochs": 30, "lr": 0.05, **SGD_CIFAR}
+# Seed 001 exp 6's ladder of 2-D convnets (chapter 6's full profile and `kdnb run seed001-exp6`):
+# the widths are not given; 100 epochs a model.
+LADDER_CIFAR = {"name": "convnet", "width": 32, "norm": True, "hidden": 128}
+LADDER_CIFAR_FIT = {"epochs": 100, "lr": 0.05, **SGD_CIFAR}
+
 Q_TEACHER = {"name": "convnet", "depth": 4, "width": 16, "hidden": 64}
 Q_TEACHER_FIT = {"epochs": 15, "batch_size": 128, "lr": 1e-2}
 Q_MLP = {"name": "mlp", "hidden": [100, 100]}
@@ -74,17 +172,42 @@ D_TEACHER_FIT = {"epochs": 15, "batch_size": 64, "lr": 1e-3}
 D_STUDENT = {"name": "mlp", "hidden": [32]}
 D_FIT = {"epochs": 10, "batch_size": 128, "lr": 1e-2}
 
-# Seed 001's CIFAR-10 pair, trained as the report did (profiles.full's seed001_cifar).
-CIFAR_TEACHER = {"name": "resnet18_cifar"}
-CIFAR_TEACHER_FIT = {"epochs": 60, "batch_size": 128, "lr": 0.1, "optimizer": "sgd", "weight_decay": 5e-4,
-                     "schedule": "cosine", "augment": True}
-CIFAR_STUDENT = {"name": "cifar_cnn"}
-CIFAR_FIT = {"epochs": 30, "batch_size": 128, "lr": 0.05, "optimizer": "sgd", "weight_decay": 5e-4,
-             "schedule": "cosine", "augment": True}
 MNIST_TEACHER = {"name": "mlp", "hidden": [1200, 1200], "dropout": 0.5}  # Hinton's, seed 003's
 MNIST_STUDENT = {"name": "mlp", "hidden": [800, 800]}
 MNIST_FIT = {"epochs": 30, "batch_size": 128, "lr": 1e-3}
 
+
+# ---------------------------------------------------------------------------------------------
+# The profiles.
+
+PROFILES = {
+    # Greydanus' MNIST-1D MLP (40-100-100-10, Adam 1e-2, batch 128, 100 epochs): about 2,900 steps,
+    # selected on validation; the best epochs come late and a 300-epoch run tests no better.
+    "quick": Profile(
+        name="quick", data="mnist1d",
+        teacher={"name": "convnet", "depth": 4, "width": 32, "hidden": 128},
+        student={"name": "mlp", "hidden": [100, 100]},
+        epochs=100, teacher_epochs=30, batch_size=128, lr=1e-2, teacher_lr=3e-3,
+        transfer_set=10000),
+    "full": Profile(
+        name="full", data="mnist",
+        teacher={"name": "mlp", "hidden": [1200, 1200], "dropout": 0.5},
+        student={"name": "mlp", "hidden": [800, 800]},
+        epochs=60, teacher_epochs=60, batch_size=128, lr=1e-3, teacher_lr=1e-3, threads=8,
+        labelled_fraction=0.2,  # the transfer set: the other 80 % of the training images, unlabeled
+        # seed 001 exp 1: 1 conv + 4 FC teacher (1,422,378 parameters) → 1 conv + 2 FC student (693,962)
+        extra={"seed001_teacher": {"name": "conv_mlp", "hidden": [256, 128, 32]},
+               "seed001_student": {"name": "conv_mlp", "hidden": [128]},
+               # seed 001 exp 2 (the α × T grid): ResNet-18 → 6 conv (BN) + 2 FC on CIFAR-10, trained
+               # as the report did: SGD, a decaying learning rate, augmentation (crops and flips).
+               "seed001_cifar": {"data": "cifar10", "teacher": CIFAR_TEACHER, "student": CIFAR_STUDENT,
+                                 "teacher_fit": CIFAR_TEACHER_FIT, "student_fit": CIFAR_FIT}}),
+}
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The named experiments (seeds' configs).
 
 def kd(T, alpha, **more):
     return {"T": T, "alpha": alpha, **more}
@@ -233,13 +356,8 @@ CONFIGS = {c.name: c for c in [
         "6", "001 exp 6",
         quick=Setting("mnist1d", Q_TEACHER, Q_TEACHER_FIT, Q_FIT,
                       ladder((1, 3, 0), lambda d: {"name": "mlp", "hidden": [32] * d}, 4.0, 0.9, {})),
-        full=Setting("cifar10", {"name": "convnet", "depth": 10, "width": 32, "hidden": 256, "norm": True},
-                     {"epochs": 100, "batch_size": 128, "lr": 0.05, "optimizer": "sgd", "weight_decay": 5e-4,
-                      "schedule": "cosine", "augment": True},
-                     {"epochs": 100, "batch_size": 128, "lr": 0.05, "optimizer": "sgd", "weight_decay": 5e-4,
-                      "schedule": "cosine", "augment": True},
-                     ladder((2, 4, 6, 8, 10), lambda d: {"name": "convnet", "depth": d, "width": 32, "hidden": 256,
-                                                          "norm": True}, 4.0, 0.9, S001_LADDER_PUB)),
+        full=Setting("cifar10", {**LADDER_CIFAR, "depth": 10}, LADDER_CIFAR_FIT, LADDER_CIFAR_FIT,
+                     ladder((2, 4, 6, 8, 10), lambda d: {**LADDER_CIFAR, "depth": d}, 4.0, 0.9, S001_LADDER_PUB)),
         notes="the ladders' widths are not given; T = 4, α = 0.9 for every link; the quick ladder is of MLPs "
               "(1 and 3 hidden layers) under the convnet teacher"),
     Config(
@@ -307,28 +425,75 @@ CONFIGS = {c.name: c for c in [
 ]}
 
 
-def get(name):
-    """The config ``name``; an unknown name is refused with the known ones."""
-    if name not in CONFIGS:
-        raise ValueError(f"experiment must be one of {', '.join(CONFIGS)} (see `kdnb list`), got {name!r}")
-    return CONFIGS[name]
 
 
-def spec_problem(spec):
-    """Why ``kdnb.models.build`` can't make ``spec``, or None."""
-    builder = models.BUILDERS.get(spec.get("name"))
-    if builder is None:
-        return f"model {spec.get('name')!r} (kdnb.models has {', '.join(models.BUILDERS)})"
-    allowed = set(inspect.signature(builder).parameters) - {"in_shape", "classes"}
-    extra = sorted(set(spec) - {"name"} - allowed)
-    return f"model {spec['name']} with {', '.join(extra)}" if extra else None
+# ---------------------------------------------------------------------------------------------
+# Each chapter's own settings, per profile.
+
+CAPACITY = {
+    # MNIST-1D, 1-D convnets with batch norm (without it the deeper ones train worse than the
+    # shallow ones in a short budget) and a first width of 6 channels, doubled every second
+    # layer: 2 layers see 6 samples of a 40-long signal, 10 layers all of it, through 96
+    # channels. Adam, cosine; students 5 epochs (~160 steps, far from converged: the chapter
+    # measures learning at a short budget), teachers 3x that; 10 seeds, so ~185 models in about
+    # 2.5 minutes of one core (the per-step cost of these small models is mostly overhead, so
+    # steps and seeds, not widths, are what the budget buys).
+    "quick": {"data": "mnist1d", "depths": (2, 4, 6, 8, 10),
+              "spec": {"name": "convnet", "width": 6, "norm": True, "hidden": 32},
+              "fit": {"epochs": 5, "batch_size": 128, "lr": 1e-2, "schedule": "cosine"},
+              "teacher_epochs": 15, "teacher_seed": 100, "seeds": 10, "cells": ((0.5, 2.0), (0.9, 4.0))},
+    # Seed 001 exp 6: CIFAR-10, 2-D convnets of 2-10 conv layers, SGD for 100 epochs, regularised
+    # (weight decay, augmentation, batch norm); 3 seeds (100 epochs a model).
+    "full": {"data": "cifar10", "depths": (2, 4, 6, 8, 10),
+             "spec": LADDER_CIFAR, "fit": LADDER_CIFAR_FIT,
+             "teacher_epochs": 100, "teacher_seed": 100, "seeds": 3, "cells": ((0.5, 2.0), (0.9, 4.0))},
+}
 
 
-def scaled(setting, epochs=None, seeds=None):
-    """``setting`` with every training's epochs set to ``epochs`` (a tiny budget for a try-out or a
-    test) and its first ``seeds`` seeds."""
-    if epochs is not None:
-        arms = tuple(replace(a, fit={**a.fit, "epochs": epochs}) if "epochs" in a.fit else a for a in setting.arms)
-        setting = replace(setting, teacher_fit={**setting.teacher_fit, "epochs": epochs},
-                          student_fit={**setting.student_fit, "epochs": epochs}, arms=arms)
-    return replace(setting, seeds=seeds) if seeds is not None else setting
+
+RESNET18_STAGES = [f"layer{i}.1.relu_1" for i in range(1, 5)]
+RESNET50_STAGES = [f"layer{i}.{n - 1}.relu_2" for i, n in zip(range(1, 5), (3, 4, 6, 3))]
+
+FEATURE_PAIRS = {
+    "quick": {
+        "student": {"name": "convnet", "depth": 4, "width": 8, "hidden": 32},
+        "fit": {"epochs": 8, "batch_size": 128, "lr": 1e-2},
+        "stage1_epochs": 3,  # of the 8: FitNets' two stages share the others' step budget
+        "stages": [("4", "4"), ("9", "9")],  # (student node, teacher node)
+        "attention": [("3", "3"), ("8", "8")],
+        "hint": ("4", "4"),  # (guided, hint): the middle of each network
+        "seeds": 10,  # student seeds per arm: profile.seed_list(10), shifted by the seed offset
+        "smoke": {"seeds": 2},
+    },
+    "full": {
+        "data": "cifar10",
+        "teacher": {"name": "resnet50_cifar"},
+        "teacher_fit": CIFAR_TEACHER_FIT,
+        "student": {"name": "resnet18_cifar"},
+        "fit": CIFAR_FIT,
+        "stage1_epochs": 5,
+        "stages": list(zip(RESNET18_STAGES, RESNET50_STAGES)),
+        "attention": list(zip(RESNET18_STAGES, RESNET50_STAGES)),
+        "hint": (RESNET18_STAGES[1], RESNET50_STAGES[1]),
+        "seeds": 3,
+        "smoke": {"seeds": 2, "images": 4},  # one step on a few images, tested on a few
+    },
+}
+
+
+
+# Chapter 8's budget, number of student seeds and data sets per profile. Quick: 15 epochs (chapter 2
+# trains for 100) so that three variants, their settings and ten seeds (the seed count; the chapter
+# takes them from profile.seed_list, so $KDNB_SEED_OFFSET shifts them) fit a few CPU minutes; full:
+# the profile's MNIST pair for 60 epochs, then seed 004's notMNIST (the same pair) and SVHN (seed
+# 001's CIFAR-10 pair, without augmentation: flipped digits are other digits).
+ADVERSARIAL = {
+    "quick": {"epochs": 15, "seeds": 10, "others": {}},
+    "full": {"epochs": 60, "seeds": 3, "others": {
+        "notmnist": {},
+        "svhn": {"teacher": {"name": "resnet18_cifar"}, "student": {"name": "cifar_cnn"}, "teacher_epochs": 20}}},
+}
+
+
+
+CHAPTERS = {"capacity": CAPACITY, "feature_pairs": FEATURE_PAIRS, "adversarial": ADVERSARIAL}

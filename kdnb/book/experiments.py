@@ -7,11 +7,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import data as datasets, device, profiles, sweep
-from .data import load
-from .teachers import TeacherCache
-from .teachers import predict
-from .train import evaluate, progress_bar, trained
+from .. import data as datasets, device, sweep
+
+from . import profiles
+from ..data import load
+from ..teachers import TeacherCache
+from ..teachers import predict
+from ..train import evaluate, progress_bar, trained
 
 
 def teacher(profile=None, data=None, progress=None):
