@@ -24,8 +24,8 @@ from torch import nn
 from . import checks, device as devices, losses, models, store, teachers
 from .checks import check_number, check_positive_int
 from .data import Data
-from .device import autocast, default_device, fits_on, prepare
-from .methods import CrossEntropy, Uncacheable, as_method, code_of, describe
+from .device import autocast, default_device, fits_on
+from .methods import Batch, CrossEntropy, Uncacheable, as_method, code_of, describe  # noqa: F401  (Batch: the loop's)
 from .methods import base as methods_base
 from .teachers import logits_of, predict
 
@@ -41,16 +41,6 @@ def progress_bar(total, desc, progress=None):
     from tqdm.auto import tqdm
     progress = progress_default() if progress is None else progress
     return tqdm(total=total, desc=desc, disable=not progress or not devices.is_main(), leave=False)
-
-
-@dataclass
-class Batch:
-    """What a method sees besides the model's output: inputs, labels and the samples'
-    indices into the training split (so cached teacher outputs line up with a shuffled batch)."""
-    x: torch.Tensor
-    y: torch.Tensor
-    idx: torch.Tensor
-    augmented: bool = False
 
 
 def evaluate(model, x, y, batch_size=1024):
@@ -209,14 +199,31 @@ def check_fit_args(model, data, epochs, batch_size, lr, weight_decay, optimizer,
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
 
 
-def make_optimizer(params, optimizer, lr, weight_decay, momentum, device):
-    # The fused kernels update each tensor in one pass instead of ~10 small ops: a fifth of a step of
-    # the quick profile's MLP. Same arithmetic, equal to float rounding.
+def optimiser(params, optimizer, lr, weight_decay, momentum, schedule, total_steps, device):
+    """The student's optimiser and its per-step schedule, for ``fit`` and the stacked loop alike
+    (Adam and SGD act element-wise, so over stacked tensors each member gets its own). The fused
+    kernels update each tensor in one pass instead of ~10 small ops: a fifth of a step of the
+    quick profile's MLP. Same arithmetic, equal to float rounding."""
     fused = device.type in ("cpu", "cuda") or None
     if optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True, fused=fused)
-    adam = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
-    return adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True, fused=fused)
+    else:
+        adam = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+        opt = adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
+             if schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
+    return opt, sched
+
+
+def new_history(batch_size, lr, schedule, optimizer, world_size=1):
+    """An empty history, as ``fit`` and each member of the stacked loop fill it: per epoch
+    ``epoch``, ``loss``, ``terms`` (name -> values), ``train_acc``, ``val_acc``, ``lr``, ``time``
+    and ``world_size``; ``best_epoch`` and ``best_val_acc``; and ``batching``, this session's
+    global and per-rank batch and the learning rate that goes with the global batch."""
+    batching = {"world_size": world_size, "global_batch": batch_size, "per_rank_batch": batch_size // world_size,
+                "lr": lr, "schedule": schedule, "optimizer": optimizer}
+    return {"epoch": [], "loss": [], "terms": {}, "train_acc": [], "val_acc": [], "lr": [], "time": [],
+            "best_epoch": -1, "best_val_acc": -1.0, "batching": batching, "world_size": []}
 
 
 def descended(terms):
@@ -240,22 +247,80 @@ def method_key(method, checkpoint):
         return None
 
 
+@dataclass
+class Run:
+    """What one ``fit`` trains with, built by :func:`prepare`: the model and method on their
+    device, the training split (there too when it fits), the batch generator, the optimisers and
+    schedule, the DDP wrapper under torchrun, the history, the kept best weights and where a
+    resumed run starts."""
+    model: nn.Module
+    method: nn.Module
+    data: Data
+    x: torch.Tensor
+    y: torch.Tensor
+    device: torch.device
+    world: object
+    g: torch.Generator
+    opt: torch.optim.Optimizer
+    sched: object
+    players: dict
+    player_opts: dict
+    ddp: object
+    history: dict
+    fit_config: dict
+    args: dict
+    steps_per_epoch: int
+    best_state: dict = None
+    start: int = 0
+    elapsed: float = 0.0
+
+
 def fit(model, data, method=None, *, epochs=10, batch_size=64, lr=1e-3, weight_decay=0.0,
         optimizer="adam", momentum=0.9, schedule="constant", seed=0, device=None, augment=False,
         select="best", checkpoint=None, progress=None, shuffle_seed=None):
     """Train ``model`` on ``data.x_train`` with ``method`` (a ``kdnb.methods.Method``, or a plain
     ``fn(out, batch) -> loss``; default cross-entropy).
 
-    Returns the history: per epoch ``loss`` (what the student descended), ``terms`` (each named
-    loss term of the method and of its players, ``"D/bce"``), ``train_acc`` (running, in train
-    mode), ``val_acc``, ``lr`` and cumulative ``time``; plus ``best_epoch`` and ``best_val_acc``.
-    With ``select="best"`` the model ends with the weights of its best validation epoch —
-    the test split is never looked at. With ``checkpoint=path`` every epoch is saved
-    atomically (student, method, every optimiser, RNG states) and a killed run resumes from the
-    last one, losing nothing. ``shuffle_seed`` (default: ``seed``) seeds the batch order alone, so
-    runs with different initial weights can share batches (as the members of
+    Returns the history (:func:`new_history`): per epoch ``loss`` (what the student descended),
+    ``terms`` (each named loss term of the method and of its players, ``"D/bce"``), ``train_acc``
+    (running, in train mode), ``val_acc``, ``lr`` and cumulative ``time``; plus ``best_epoch`` and
+    ``best_val_acc``. With ``select="best"`` the model ends with the weights of its best
+    validation epoch — the test split is never looked at. With ``checkpoint=path`` every epoch is
+    saved atomically (student, method, every optimiser, RNG states) and a killed run resumes from
+    the last one, losing nothing. ``shuffle_seed`` (default: ``seed``) seeds the batch order alone,
+    so runs with different initial weights can share batches (as the members of
     ``kdnb.sweep.fit_grid`` do). ``progress``: a bool, or a tqdm bar to advance by epochs.
     """
+    run = prepare(model, data, method, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                  optimizer=optimizer, momentum=momentum, schedule=schedule, seed=seed, device=device,
+                  augment=augment, select=select, checkpoint=checkpoint, shuffle_seed=shuffle_seed)
+    resume(run, checkpoint, seed)
+    bar = epoch_bar(run, progress)
+    model.train()
+    for epoch in range(run.start, epochs):
+        t0 = time.perf_counter()
+        run.method.start_epoch(epoch, epochs)
+        log = EpochLog()
+        for batch in batches(run.x, run.y, batch_size, run.g, run.device, augment, run.world.rank, run.world.size):
+            logits, loss, terms, weight = student_step(run, batch, log)
+            played = player_steps(run, batch, logits, weight)
+            log.add(loss, terms, played, logits, batch)
+        values, correct = log.values(run)  # one host sync per epoch, not per step
+        guard(run, values, log.names, epoch)
+        val_acc = validate(run)
+        run.elapsed += time.perf_counter() - t0
+        record(run, epoch, values, log, correct, val_acc)
+        keep_best(run, epoch, val_acc)
+        bar.update(1)
+        bar.set_postfix(loss=f"{run.history['loss'][-1]:.3f}", val=f"{val_acc:.3f}")
+        save_checkpoint(run, epoch, checkpoint)
+    return finish(run, bar, progress)
+
+
+def prepare(model, data, method, *, epochs, batch_size, lr, weight_decay, optimizer, momentum, schedule, seed,
+            device, augment, select, checkpoint, shuffle_seed):
+    """Check the arguments, put the model, the method and the data on the device, seed, and build
+    the optimisers, the schedule, the DDP wrapper (under torchrun) and an empty history."""
     check_fit_args(model, data, epochs, batch_size, lr, weight_decay, optimizer, schedule)
     if select not in ("best", "last"):
         raise ValueError(f"select must be 'best' or 'last', got {select!r}")
@@ -269,11 +334,43 @@ def fit(model, data, method=None, *, epochs=10, batch_size=64, lr=1e-3, weight_d
 
     torch.manual_seed(seed)  # dropout, parts a method builds in setup, any other randomness in the step
     g = torch.Generator().manual_seed(seed if shuffle_seed is None else shuffle_seed)  # shuffling, augmentation
-    prepare(model, device, data.x_train)
+    devices.prepare(model, device, data.x_train)
     method.to(device)
     x, y = data.x_train, data.y_train
     if fits_on(device, x, y):
         x, y = x.to(device), y.to(device)
+    check_model_fits(model, data, x, device)
+    method.setup(model, data)
+    method.to(device)  # parts made in setup
+    method.train()
+
+    players = method.players()
+    params = student_params(model, method, players)
+    steps_per_epoch = math.ceil(len(y) / batch_size)
+    opt, sched = optimiser(params, optimizer, lr, weight_decay, momentum, schedule, epochs * steps_per_epoch, device)
+    player_opts = {name: player.make_optimizer() for name, player in players.items()}
+    ddp = parallel(model, method, params, players, device) if world.size > 1 else None
+    if ddp is not None:
+        for player in players.values():  # DDP synchronised the rest from rank 0
+            devices.broadcast_tensors([*player.parameters(), *player.buffers()])
+    # The learning rate goes with the global batch, which does not change with the world size.
+    if world.size > 1 and world.main:
+        print(f"kdnb.fit: DistributedDataParallel over {world.size} ranks: global batch {batch_size} "
+              f"({batch_size // world.size} per rank), lr {lr:g} ({optimizer}, {schedule}) for the global batch",
+              flush=True)
+    history = new_history(batch_size, lr, schedule, optimizer, world.size)
+    fit_config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "optimizer": optimizer,
+                  "schedule": schedule, "weight_decay": weight_decay, "n_train": len(y), "select": select,
+                  "shuffle_seed": shuffle_seed, "momentum": momentum, "data": data.name,
+                  "augment": getattr(augment, "__name__", augment),  # a name: checkpoints hold no code
+                  "model": store.key_of(repr(model)),  # the architecture: same-shaped weights may not fit it
+                  "method": method_key(method, checkpoint)}  # T, α, the teacher: resuming with others is refused
+    return Run(model, method, data, x, y, device, world, g, opt, sched, players, player_opts, ddp, history,
+               fit_config, {"batch_size": batch_size, "select": select, "epochs": epochs}, steps_per_epoch)
+
+
+def check_model_fits(model, data, x, device):
+    """Refuse a model that does not take the data's inputs or outputs another number of classes."""
     try:
         out_classes = predict(model, data.x_val[:2] if len(data.y_val) else x[:2], device=device).shape[1]
     except RuntimeError as err:
@@ -281,11 +378,11 @@ def fit(model, data, method=None, *, epochs=10, batch_size=64, lr=1e-3, weight_d
                          f"'{err}'; build the model with in_shape={data.shape}") from None
     if out_classes != data.classes:
         raise ValueError(f"model outputs {out_classes} classes but data {data.name!r} has {data.classes}")
-    method.setup(model, data)
-    method.to(device)  # parts made in setup
-    method.train()
 
-    players = method.players()
+
+def student_params(model, method, players):
+    """What the student's optimiser holds: the parameters the method trains, its own (projectors,
+    regressors), never a player's (which has its own optimiser); refused when there are none."""
     theirs = {id(p) for player in players.values() for p in player.parameters()}
     params, seen = [], set()
     for p in [*method.trainable(model), *method.parameters()]:
@@ -298,32 +395,13 @@ def fit(model, data, method=None, *, epochs=10, batch_size=64, lr=1e-3, weight_d
                          + (f": it was frozen when wrapped as a teacher ({frozen}); call "
                             f"model.requires_grad_(True) to train it again" if frozen else
                             "; unfreeze what should train with model.requires_grad_(True)"))
-    opt = make_optimizer(params, optimizer, lr, weight_decay, momentum, device)
-    player_opts = {name: player.make_optimizer() for name, player in players.items()}
-    steps_per_epoch = math.ceil(len(y) / batch_size)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)
-             if schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
+    return params
 
-    ddp = parallel(model, method, params, players, device) if world.size > 1 else None
-    if ddp is not None:
-        for player in players.values():  # DDP synchronised the rest from rank 0
-            devices.broadcast_tensors([*player.parameters(), *player.buffers()])
-    # The learning rate goes with the global batch, which does not change with the world size.
-    batching = {"world_size": world.size, "global_batch": batch_size, "per_rank_batch": batch_size // world.size,
-                "lr": lr, "schedule": schedule, "optimizer": optimizer}
-    if world.size > 1 and world.main:
-        print(f"kdnb.fit: DistributedDataParallel over {world.size} ranks: global batch {batch_size} "
-              f"({batch_size // world.size} per rank), lr {lr:g} ({optimizer}, {schedule}) for the global batch",
-              flush=True)
-    history = {"epoch": [], "loss": [], "terms": {}, "train_acc": [], "val_acc": [], "lr": [], "time": [],
-               "best_epoch": -1, "best_val_acc": -1.0, "batching": batching, "world_size": []}
-    best_state, start, elapsed = None, 0, 0.0
-    fit_config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "optimizer": optimizer,
-                  "schedule": schedule, "weight_decay": weight_decay, "n_train": len(y), "select": select,
-                  "shuffle_seed": shuffle_seed, "momentum": momentum, "data": data.name,
-                  "augment": getattr(augment, "__name__", augment),  # a name: checkpoints hold no code
-                  "model": store.key_of(repr(model)),  # the architecture: same-shaped weights may not fit it
-                  "method": method_key(method, checkpoint)}  # T, α, the teacher: resuming with others is refused
+
+def resume(run, checkpoint, seed):
+    """Continue from ``checkpoint`` when it exists (refused when it was made for another run);
+    under torchrun rank 0 reads it and every rank seeds its own dropout stream."""
+    world = run.world
     state = None
     if checkpoint and world.size == 1 and Path(checkpoint).exists():
         state = store.load(checkpoint)
@@ -332,133 +410,184 @@ def fit(model, data, method=None, *, epochs=10, batch_size=64, lr=1e-3, weight_d
     if state is not None and not (isinstance(state, dict) and isinstance(state.get("fit_config"), dict)):
         raise ValueError(f"checkpoint {str(checkpoint)!r} is a kdnb file but not a checkpoint of fit (it holds "
                          f"no fit_config): pass another path, or delete it")
-    if state is not None:
-        if state["fit_config"] != fit_config:
-            diff = ", ".join(f"{k}={state['fit_config'].get(k)!r} there, {fit_config.get(k)!r} here"
-                             for k in sorted(fit_config.keys() | state["fit_config"].keys())
-                             if state["fit_config"].get(k) != fit_config.get(k))
-            raise ValueError(f"checkpoint {str(checkpoint)!r} was made for another run ({diff}); "
-                             f"delete it or pass another path")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        method.load_state_dict(state["method"])
-        for name, o in player_opts.items():
-            o.load_state_dict(state["players"][name])
-        torch.set_rng_state(state["rng"])
-        if state.get("cuda_rng") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        g.set_state(state["generator"])
-        history, best_state, start = state["history"], state["best_state"], state["epoch"] + 1
-        elapsed = history["time"][-1] if history["time"] else 0.0
-        history["batching"] = batching  # this session's; "world_size" keeps each epoch's
-        history.setdefault("world_size", [1] * len(history["epoch"]))
-        saved = state.get("rank_rng") or []
-        if world.rank and world.rank < len(saved):  # its own stream, from a checkpoint of as many ranks
-            rank_state(*saved[world.rank])
-        elif world.rank:
-            rank_seed(seed, world.rank, start)
+    if state is None:
+        if world.rank:
+            rank_seed(seed, world.rank, 0)  # dropout masks: each rank its own (rank 0 draws as one process does)
+        return
+    if state["fit_config"] != run.fit_config:
+        diff = ", ".join(f"{k}={state['fit_config'].get(k)!r} there, {run.fit_config.get(k)!r} here"
+                         for k in sorted(run.fit_config.keys() | state["fit_config"].keys())
+                         if state["fit_config"].get(k) != run.fit_config.get(k))
+        raise ValueError(f"checkpoint {str(checkpoint)!r} was made for another run ({diff}); "
+                         f"delete it or pass another path")
+    run.model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    run.method.load_state_dict(state["method"])
+    for name, o in run.player_opts.items():
+        o.load_state_dict(state["players"][name])
+    torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    run.g.set_state(state["generator"])
+    history, run.best_state, run.start = state["history"], state["best_state"], state["epoch"] + 1
+    run.elapsed = history["time"][-1] if history["time"] else 0.0
+    history["batching"] = run.history["batching"]  # this session's; "world_size" keeps each epoch's
+    history.setdefault("world_size", [1] * len(history["epoch"]))
+    run.history = history
+    saved = state.get("rank_rng") or []
+    if world.rank and world.rank < len(saved):  # its own stream, from a checkpoint of as many ranks
+        rank_state(*saved[world.rank])
     elif world.rank:
-        rank_seed(seed, world.rank, 0)  # dropout masks: each rank its own (rank 0 draws as one process does)
+        rank_seed(seed, world.rank, run.start)
 
-    outer = progress if hasattr(progress, "update") else None  # a caller's bar over several runs
-    n_train = len(y)
-    bar = outer or progress_bar(epochs, f"fit {type(model).__name__} ({type(method).__name__})", progress)
-    bar.update(start)
-    model.train()
-    names = None
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        method.start_epoch(epoch, epochs)
-        rows, predictions, labels, shares = [], [], [], []
-        for batch in batches(x, y, batch_size, g, device, augment, world.rank, world.size):
-            with autocast(device):
-                logits, terms = method.forward_train(model, batch) if ddp is None else ddp(batch)
-            loss = descended(terms)
-            opt.zero_grad(set_to_none=True)
-            if ddp is None:
-                loss.backward()
-            else:
-                # Each rank's loss is a mean over its share; weighted by share × ranks, DDP's
-                # average over ranks is the mean over the global batch, a short last one too.
-                n = min(batch_size, n_train - len(rows) * batch_size)
-                shares.append(len(batch.y) / n)
-                weight = shares[-1] * world.size
-                (loss if weight == 1 else loss * weight).backward()
-            opt.step()
-            sched.step()
-            if players:  # after the student's step, on its detached logits: D never descends the student's loss
-                row = [loss.detach(), *terms.values()]
-                player_names = []
-                for name, player in players.items():
-                    for _ in range(player.steps):
-                        with autocast(device):
-                            played = method.player_losses(name, batch, logits.detach())
-                        player_opts[name].zero_grad(set_to_none=True)  # drops what the student's loss put there
-                        if ddp is None:
-                            descended(played).backward()
-                        else:
-                            (descended(played) * weight).backward()
-                            devices.average_gradients(player.parameters(), world.size)
-                        player_opts[name].step()
-                        player.after_step()
-                    row += played.values()
-                    player_names += [f"{name}/{k}" for k in played]
-                rows.append(torch.stack([v.detach().float() for v in row]))
-                names = names or ["loss", *terms, *player_names]
-            elif len(terms) == 1:  # the common case: the one term is the loss (no stack, no copy)
-                rows.append(loss.detach().float())
-                names = names or ["loss"]
-                single = next(iter(terms))
-            else:
-                rows.append(torch.stack([loss.detach(), *(v.detach() for v in terms.values())]).float())
-                names = names or ["loss", *terms]
-            predictions.append(logits.argmax(1))  # compared once per epoch, not per step
-            labels.append(batch.y)
-        # One host sync per epoch, not per step: the NaN guard looks at all steps and terms at once.
-        values = torch.stack(rows)
-        values = values[:, None] if values.dim() == 1 else values
-        correct = (torch.cat(predictions) == torch.cat(labels)).sum()
-        if ddp is not None:  # every rank logs (and NaN-checks) the global batches' values
-            values, correct = global_values(values, shares, correct)
-        check_finite(values, names, epoch, steps_per_epoch, history, opt)
-        if not len(data.y_val):
-            val_acc = float("nan")
+
+def epoch_bar(run, progress):
+    """A caller's bar over several runs (advanced by this run's epochs), or this run's own."""
+    bar = progress if hasattr(progress, "update") else \
+        progress_bar(run.args["epochs"], f"fit {type(run.model).__name__} ({type(run.method).__name__})", progress)
+    bar.update(run.start)
+    return bar
+
+
+class EpochLog:
+    """An epoch's per-step values (the descended loss, each term, each player's terms) and
+    predictions, kept on the device: one host sync per epoch, not per step."""
+
+    def __init__(self):
+        self.rows, self.predictions, self.labels, self.shares, self.names, self.single = [], [], [], [], None, None
+
+    def add(self, loss, terms, played, logits, batch):
+        if played is not None:  # players' terms: after the student's, named "player/term"
+            row = [loss.detach(), *terms.values(), *(v for p in played.values() for v in p.values())]
+            self.rows.append(torch.stack([v.detach().float() for v in row]))
+            self.names = self.names or ["loss", *terms, *(f"{n}/{k}" for n, p in played.items() for k in p)]
+        elif len(terms) == 1:  # the common case: the one term is the loss (no stack, no copy)
+            self.rows.append(loss.detach().float())
+            self.names = self.names or ["loss"]
+            self.single = next(iter(terms))
         else:
-            val_acc = evaluate(model, data.x_val, data.y_val) if ddp is None else \
-                evaluate_shared(model, data.x_val, data.y_val, world)
-        elapsed += time.perf_counter() - t0
-        means = values.mean(0).tolist()
-        history["epoch"].append(epoch)
-        history["loss"].append(means[0])
-        logged = {single: means[0]} if len(names) == 1 else dict(zip(names[1:], means[1:]))
-        for k, v in logged.items():
-            history["terms"].setdefault(k, []).append(v)
-        history["train_acc"].append(correct.item() / len(y))
-        history["world_size"].append(world.size)
-        history["val_acc"].append(val_acc)
-        history["lr"].append(opt.param_groups[0]["lr"])
-        history["time"].append(elapsed)
-        if select == "last" or val_acc > history["best_val_acc"]:
-            history["best_epoch"], history["best_val_acc"] = epoch, val_acc
-            if select == "best":  # "last" ends with the model as it is: no copy to keep
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        bar.update(1)
-        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", val=f"{val_acc:.3f}")
-        rank_rng = devices.gather_objects(rank_state()) if checkpoint and ddp is not None else None
-        if checkpoint and world.main:
-            store.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "method": method.state_dict(), "players": {k: o.state_dict() for k, o in player_opts.items()},
-                        "rng": torch.get_rng_state(), "generator": g.get_state(), "epoch": epoch,
-                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                        "history": history, "best_state": best_state, "fit_config": fit_config,
-                        **({"rank_rng": rank_rng} if rank_rng else {})}, checkpoint)
-    if outer is None:
+            self.rows.append(torch.stack([loss.detach(), *(v.detach() for v in terms.values())]).float())
+            self.names = self.names or ["loss", *terms]
+        self.predictions.append(logits.argmax(1))  # compared once per epoch, not per step
+        self.labels.append(batch.y)
+
+    def values(self, run):
+        """``(steps, values)`` of the epoch and its correct predictions; under torchrun the global
+        batches' (each rank's weighted by its share), the same on every rank."""
+        values = torch.stack(self.rows)
+        values = values[:, None] if values.dim() == 1 else values
+        correct = (torch.cat(self.predictions) == torch.cat(self.labels)).sum()
+        if run.ddp is not None:  # every rank logs (and NaN-checks) the global batches' values
+            values, correct = global_values(values, self.shares, correct)
+        return values, correct
+
+
+def student_step(run, batch, log):
+    """One step of the student (and the method's own parts) on ``batch``: ``(logits, loss, terms,
+    weight)``; ``weight`` scales a rank's share of the global batch under torchrun."""
+    with autocast(run.device):
+        logits, terms = run.method.forward_train(run.model, batch) if run.ddp is None else run.ddp(batch)
+    loss = descended(terms)
+    run.opt.zero_grad(set_to_none=True)
+    weight = 1
+    if run.ddp is None:
+        loss.backward()
+    else:
+        # Each rank's loss is a mean over its share; weighted by share × ranks, DDP's
+        # average over ranks is the mean over the global batch, a short last one too.
+        batch_size = run.args["batch_size"]
+        n = min(batch_size, len(run.y) - len(log.rows) * batch_size)
+        log.shares.append(len(batch.y) / n)
+        weight = log.shares[-1] * run.world.size
+        (loss if weight == 1 else loss * weight).backward()
+    run.opt.step()
+    run.sched.step()
+    return logits, loss, terms, weight
+
+
+def player_steps(run, batch, logits, weight):
+    """Each player's updates after the student's step, on its detached logits (a player never
+    descends the student's loss): ``{player: its last terms}``, or None without players."""
+    if not run.players:
+        return None
+    played = {}
+    for name, player in run.players.items():
+        for _ in range(player.steps):
+            with autocast(run.device):
+                terms = run.method.player_losses(name, batch, logits.detach())
+            run.player_opts[name].zero_grad(set_to_none=True)  # drops what the student's loss put there
+            if run.ddp is None:
+                descended(terms).backward()
+            else:
+                (descended(terms) * weight).backward()
+                devices.average_gradients(player.parameters(), run.world.size)
+            run.player_opts[name].step()
+            player.after_step()
+        played[name] = terms
+    return played
+
+
+def guard(run, values, names, epoch):
+    """Stop at the first non-finite value of the epoch (:func:`check_finite`)."""
+    check_finite(values, names, epoch, run.steps_per_epoch, run.history, run.opt)
+
+
+def validate(run):
+    """Validation accuracy (every rank its share under torchrun); NaN without a validation split."""
+    data = run.data
+    if not len(data.y_val):
+        return float("nan")
+    return evaluate(run.model, data.x_val, data.y_val) if run.ddp is None else \
+        evaluate_shared(run.model, data.x_val, data.y_val, run.world)
+
+
+def record(run, epoch, values, log, correct, val_acc):
+    """The epoch's means, accuracies, learning rate and time, appended to the history."""
+    history = run.history
+    means = values.mean(0).tolist()
+    history["epoch"].append(epoch)
+    history["loss"].append(means[0])
+    logged = {log.single: means[0]} if len(log.names) == 1 else dict(zip(log.names[1:], means[1:]))
+    for k, v in logged.items():
+        history["terms"].setdefault(k, []).append(v)
+    history["train_acc"].append(correct.item() / len(run.y))
+    history["world_size"].append(run.world.size)
+    history["val_acc"].append(val_acc)
+    history["lr"].append(run.opt.param_groups[0]["lr"])
+    history["time"].append(run.elapsed)
+
+
+def keep_best(run, epoch, val_acc):
+    """Select: the best validation epoch's weights (``select="best"``), or the last epoch."""
+    select, history = run.args["select"], run.history
+    if select == "last" or val_acc > history["best_val_acc"]:
+        history["best_epoch"], history["best_val_acc"] = epoch, val_acc
+        if select == "best":  # "last" ends with the model as it is: no copy to keep
+            run.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+
+
+def save_checkpoint(run, epoch, checkpoint):
+    """Everything a resumed run needs, saved atomically by rank 0 (each rank's RNG gathered)."""
+    rank_rng = devices.gather_objects(rank_state()) if checkpoint and run.ddp is not None else None
+    if checkpoint and run.world.main:
+        store.save({"model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
+                    "scheduler": run.sched.state_dict(), "method": run.method.state_dict(),
+                    "players": {k: o.state_dict() for k, o in run.player_opts.items()},
+                    "rng": torch.get_rng_state(), "generator": run.g.get_state(), "epoch": epoch,
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "history": run.history, "best_state": run.best_state, "fit_config": run.fit_config,
+                    **({"rank_rng": rank_rng} if rank_rng else {})}, checkpoint)
+
+
+def finish(run, bar, progress):
+    """Close this run's own bar, load the selected weights; the model ends in train mode."""
+    if not hasattr(progress, "update"):
         bar.close()
-    if select == "best" and best_state is not None:
-        model.load_state_dict(best_state)
-    model.train()
-    return history
+    if run.args["select"] == "best" and run.best_state is not None:
+        run.model.load_state_dict(run.best_state)
+    run.model.train()
+    return run.history
 
 
 def global_values(values, shares, correct):

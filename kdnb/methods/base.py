@@ -28,12 +28,24 @@ import inspect
 import os
 import sys
 import types
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .. import store
 from ..teachers import logits_of
+
+
+@dataclass
+class Batch:
+    """What a method sees besides the model's output: inputs, labels and the samples' indices
+    into the training split (so cached teacher outputs line up with a shuffled batch), and
+    whether the inputs were augmented. A probe of inputs alone leaves the others None."""
+    x: torch.Tensor
+    y: torch.Tensor = None
+    idx: torch.Tensor = None
+    augmented: bool = False
 
 
 class Uncacheable(TypeError):
@@ -89,6 +101,44 @@ class Player(nn.Module):
         if self.clip is not None:
             for p in self.parameters():
                 p.clamp_(-self.clip, self.clip)
+
+
+class Stackable:
+    """A per-member loss that the stacked loop (``kdnb.sweep.fit_grid``) trains many students
+    with at once, each member with its own parameters: what a method exposes to be stacked.
+
+    * ``params``: the member keys it reads, each a number (stacked as a ``(members,)`` tensor);
+    * ``check(member)``: refuse bad parameters (the loop names the member);
+    * ``targets(logits, params) -> (n, members, ...)``: what the loss needs of the teacher, for
+      every training sample, computed once from the teacher's logits (``(n, K)``, or ``(members,
+      n, K)`` when members have their own teachers), sample-major so a step gathers whole rows;
+    * ``loss(out, targets, labels, params, weights) -> (members,)``: each member's mean loss on its
+      batch, from the stacked logits ``(members, B, K)``, its targets' rows ``(members, B, ...)``,
+      labels ``(members, B)`` and ``weights`` (None, or ``(members, B)``: 0 on padding);
+    * ``method(teacher, member)``: the :class:`Method` that ``fit`` trains the member with, what the
+      stacked member matches (and what trains it when members are not stacked);
+    * ``term(member)``: the name of that method's one loss term (the member's history's ``terms``).
+    """
+    params = ()
+
+    def check(self, member):
+        pass
+
+    def targets(self, logits, params):
+        raise NotImplementedError(f"{type(self).__name__} must define targets(logits, params)")
+
+    def loss(self, out, targets, labels, params, weights):
+        raise NotImplementedError(f"{type(self).__name__} must define loss(out, targets, labels, params, weights)")
+
+    def method(self, teacher, member):
+        raise NotImplementedError(f"{type(self).__name__} must define method(teacher, member)")
+
+    def term(self, member):
+        raise NotImplementedError(f"{type(self).__name__} must define term(member)")
+
+    def cache_description(self, describe):
+        """For cache keys (:func:`describe`): its class (named by its code) and public fields."""
+        return {"fields": {k: describe(v, k) for k, v in vars(self).items() if not k.startswith("_")}}
 
 
 class Loss(Method):

@@ -4,7 +4,6 @@ FitNets hints (Romero et al. 2015), in two stages or one. :class:`FeatureMethod`
 share with attention transfer (``attention``) and seed 002's projectors (``projectors``): the
 teacher's features (live, or :class:`TeacherFeatures` looked up by sample index), the student's
 taps, an optional Hinton term and its schedules."""
-import types
 
 import torch
 from torch import nn
@@ -12,7 +11,7 @@ from torch import nn
 from .. import losses, store
 from ..checks import check_number
 from ..teachers import FrozenTeacher, taps
-from .base import Method
+from .base import Batch, Method
 from .hinton import Distill
 
 
@@ -32,7 +31,7 @@ class TeacherFeatures:
     def compute(cls, model, x, nodes, batch_size=512, device=None):
         device = device or next(model.parameters()).device
         frozen = FrozenTeacher(model, nodes)
-        parts = [frozen(types.SimpleNamespace(x=x[i:i + batch_size].to(device)))
+        parts = [frozen(Batch(x[i:i + batch_size].to(device)))
                  for i in range(0, len(x), batch_size)]
         return cls({n: torch.cat([p[n].float() for p in parts]) for n in frozen.nodes})
 
@@ -100,8 +99,7 @@ class FeatureMethod(Method):
             self.kd.setup(student, data)
         with torch.no_grad():
             device = next(student.parameters()).device
-            probe = types.SimpleNamespace(x=data.x_train[:2].to(device), idx=torch.arange(2, device=device),
-                                          augmented=False)
+            probe = Batch(data.x_train[:2].to(device), idx=torch.arange(2, device=device))
             was = student.training
             s = self._taps.eval()(probe.x)
             self._taps.train(was)
