@@ -6,11 +6,12 @@ member's weights are stacked along a leading axis (``torch.func.stack_module_sta
 step runs the forward of all members at once (``vmap`` over ``functional_call``), one backward
 of the summed losses (each member's gradient depends on its own loss only) and one optimizer
 step over the stacked tensors (Adam and SGD act element-wise, so this is each member's own
-optimizer). Each member has its own α, T and initial-weight seed, and may have its own training
-samples, labels (true, or the teacher's argmax), epochs and teacher; it ends with the weights of
-its best validation epoch, exactly as ``kdnb.train.fit`` with
-``Distill(TeacherCache(teacher_logits), T, alpha)`` on its samples would leave it —
-tests/test_sweep.py checks that to float tolerance. Members on training sets of different sizes
+optimizer). The loss is any :class:`~kdnb.methods.Stackable` (Hinton's by default: each
+member its own α and T); each member has its own parameters of it and initial-weight seed, and
+may have its own training samples, labels (true, or the teacher's argmax), epochs and teacher; it
+ends with the weights of its best validation epoch, exactly as ``kdnb.train.fit`` with the
+loss's method (``Distill(TeacherCache(teacher_logits), T, alpha)``) on its samples would leave
+it — tests/test_sweep.py checks that to float tolerance. Members on training sets of different sizes
 but one step budget (chapter 4's fractions and transfer sets) stack too: their batches are padded
 to one length, and the padding carries no loss and no gradient.
 
@@ -32,11 +33,10 @@ from torch.func import functional_call, stack_module_state, vmap
 from . import losses, models, store
 from . import device as devices
 from .device import autocast, default_device, fits_on
-from .methods import Distill, TeacherLabels, hinton
+from .methods import Stackable, StackedHinton, Uncacheable, describe
 from .teachers import TeacherCache, logits_of, predict
-from .train import NonFiniteLoss, check_fit_args, data_key, fit, progress_default, training_code
+from .train import NonFiniteLoss, check_fit_args, data_key, fit, new_history, optimiser, progress_default, training_code
 
-MEMBER_KEYS = ("alpha", "T", "seed")
 # What a member may add, each defaulting to the grid's: its own training samples ("train": indices
 # into data's training split), whose labels it learns ("labels": "true", or "teacher": the
 # teacher's argmax, the hard-label control), its own "epochs", and its own "teacher" (an index
@@ -83,18 +83,29 @@ class GridResult:
                 for m, h in zip(self.members, self.histories)]
 
 
-def check_members(members, n_train=None, teachers=1):
+def stackable(loss):
+    """The stacked loss: Hinton's by default; anything else must be a :class:`~kdnb.methods.Stackable`."""
+    if loss is None:
+        return StackedHinton()
+    if not isinstance(loss, Stackable):
+        raise TypeError(f"loss must be a kdnb.methods.Stackable (StackedHinton, or one of your own), "
+                        f"got {type(loss).__name__}")
+    return loss
+
+
+def check_members(members, n_train=None, teachers=1, loss=None):
+    loss = stackable(loss)
+    keys = (*loss.params, "seed")
     if not isinstance(members, (list, tuple)) or not members:
-        raise ValueError(f"members must be a non-empty list of {{'alpha', 'T', 'seed'}} dicts "
+        raise ValueError(f"members must be a non-empty list of {{{', '.join(map(repr, keys))}}} dicts "
                          f"(kdnb.sweep.grid makes one), got {members!r}")
     for i, m in enumerate(members):
         where = f"members[{i}] = {m!r}"
-        if not isinstance(m, dict) or not set(MEMBER_KEYS) <= set(m) or set(m) - set(MEMBER_KEYS) - set(MEMBER_OPTIONS):
-            raise ValueError(f"{where}: a member must be a dict with exactly the keys alpha, T, seed, and "
+        if not isinstance(m, dict) or not set(keys) <= set(m) or set(m) - set(keys) - set(MEMBER_OPTIONS):
+            raise ValueError(f"{where}: a member must be a dict with exactly the keys {', '.join(keys)}, and "
                              f"optionally {', '.join(MEMBER_OPTIONS)}")
         try:
-            losses.check_alpha(m["alpha"])
-            losses.check_T(m["T"])
+            loss.check(m)
         except (TypeError, ValueError) as err:
             raise type(err)(f"{where}: {err}") from None
         if isinstance(m["seed"], bool) or not isinstance(m["seed"], int) or m["seed"] < 0:
@@ -109,9 +120,6 @@ def check_members(members, n_train=None, teachers=1):
                                  f"[{idx.min().item()}, {idx.max().item()}]")
         if m.get("labels", "true") not in LABELS:
             raise ValueError(f"{where}: labels must be one of {', '.join(map(repr, LABELS))}, got {m['labels']!r}")
-        if m.get("labels") == "teacher" and m["alpha"] != 0:
-            raise ValueError(f"{where}: labels='teacher' is cross-entropy with the teacher's hard labels: "
-                             f"alpha must be 0, got {m['alpha']!r}")
         if "epochs" in m:
             try:
                 models.check_positive_int("epochs", m["epochs"])
@@ -231,7 +239,7 @@ def step_flops(model, sample, batch_size):
 def fit_grid(make_student, data, teacher, members, *, epochs=10, batch_size=64, lr=1e-3,
              weight_decay=0.0, optimizer="adam", momentum=0.9, schedule="constant", data_seed=None,
              max_members_per_chunk=None, vectorize="auto", device=None, progress=None, select="best",
-             augment=False):
+             augment=False, loss=None):
     """Train every member ``{"alpha", "T", "seed"}`` of a grid on ``data`` with Hinton KD from
     ``teacher``, all at once. ``teacher`` is its logits on every training sample (a
     ``(n_train, classes)`` tensor or a ``TeacherCache``) or the teacher model: its logits are
@@ -258,6 +266,9 @@ def fit_grid(make_student, data, teacher, members, *, epochs=10, batch_size=64, 
     has batch norm (whose running statistics are per-call state) or ``augment`` is set; ``True``
     always stacks (and says why where it can't); ``False`` trains the members one by one with ``fit``.
 
+    ``loss``: the :class:`~kdnb.methods.Stackable` every member trains with (default
+    :class:`~kdnb.methods.StackedHinton`); a member carries its parameters (``loss.params``).
+
     Returns a :class:`GridResult`: per-member histories (``fit``'s keys; ``time`` is the wall time
     of the member's chunk) and models holding each member's selected weights. With dropout the
     members draw independent masks, so they match ``fit`` in distribution, not bit for bit.
@@ -266,7 +277,8 @@ def fit_grid(make_student, data, teacher, members, *, epochs=10, batch_size=64, 
     teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     if not teachers:
         raise ValueError("teacher must be a teacher, or a non-empty list of them, got []")
-    check_members(members, len(data.y_train), len(teachers))
+    loss = stackable(loss)
+    check_members(members, len(data.y_train), len(teachers), loss)
     if select not in ("best", "last"):
         raise ValueError(f"select must be 'best' or 'last', got {select!r}")
     if vectorize not in ("auto", True, False):
@@ -328,37 +340,23 @@ def fit_grid(make_student, data, teacher, members, *, epochs=10, batch_size=64, 
     if vectorized:
         for part in chunks:
             got = train_stacked([modules[i] for i in part], [members[i] for i in part], data, tables,
-                                data_seed=data_seed, progress=progress, first=part, **fit_kwargs)
+                                data_seed=data_seed, progress=progress, first=part, loss=loss, **fit_kwargs)
             for i, h in zip(part, got):
                 histories[i] = h
     else:
         from tqdm.auto import tqdm
         for i, (m, model) in enumerate(zip(tqdm(members, disable=not progress, leave=False, desc="fit_grid"),
                                            modules)):
-            histories[i] = fit(model, *member_fit(m, data, teachers, tables), seed=m["seed"], shuffle_seed=data_seed,
+            histories[i] = fit(model, *member_fit(m, data, teachers, tables, loss), seed=m["seed"], shuffle_seed=data_seed,
                                progress=False, augment=augment, **{**fit_kwargs, "epochs": m.get("epochs", epochs)})
     return GridResult(members, histories, modules, vectorized, note, time.perf_counter() - t0)
 
 
-def member_fit(m, data, teachers, tables):
+def member_fit(m, data, teachers, tables, loss=None):
     """``(data, method)`` that ``fit`` trains member ``m`` with: what the stacked loop matches."""
     idx, t = m.get("train"), m.get("teacher", 0)
     source = teachers[t] if tables is None else TeacherCache(tables[t] if idx is None else tables[t][idx])
-    method = TeacherLabels(source) if m.get("labels") == "teacher" else Distill(source, m["T"], m["alpha"])
-    return (data if idx is None else data.with_train(idx)), method
-
-
-def make_optimizer(params, optimizer, lr, weight_decay, momentum, schedule, total_steps):
-    # The same optimizer and schedule as kdnb.train.fit, over the stacked tensors. Adam's fused kernel
-    # does the same arithmetic in one pass instead of ~10 (a tenth of a grid step; equal to float tolerance).
-    if optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
-    else:
-        adam = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
-        opt = adam(params, lr=lr, weight_decay=weight_decay, fused=True)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
-             if schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
-    return opt, sched
+    return (data if idx is None else data.with_train(idx)), stackable(loss).method(source, m)
 
 
 class Shuffle:
@@ -380,7 +378,7 @@ class Shuffle:
 
 
 def train_stacked(modules, members, data, tables, *, epochs, batch_size, lr, weight_decay, optimizer,
-                  momentum, schedule, device, select, data_seed, progress, first):
+                  momentum, schedule, device, select, data_seed, progress, first, loss):
     """``fit``'s loop for a stack of members (``first``: their indices in the grid): returns one
     ``fit``-style history per member and leaves each module with its selected weights."""
     n_members, n_all = len(members), len(data.y_train)
@@ -388,17 +386,14 @@ def train_stacked(modules, members, data, tables, *, epochs, batch_size, lr, wei
         m.to(device).train()
     params, buffers = stack_module_state(modules)
     base = copy.deepcopy(modules[0])  # the skeleton functional_call runs each member's weights through
-    alpha = torch.tensor([float(m["alpha"]) for m in members], device=device)
-    T = torch.tensor([float(m["T"]) for m in members], device=device)
+    params_of = {k: torch.tensor([float(m[k]) for m in members], device=device) for k in loss.params}
     x, y = data.x_train, data.y_train
     if fits_on(device, x, y):
         x, y = x.to(device), y.to(device)
-    # Each member's share of the Hinton loss that depends on the teacher alone, for every sample
-    # (kdnb.losses.hinton_targets), stored sample-major, (n, members, 2 × classes): a step gathers
-    # whole rows, not 2 × classes × members strided columns (a tenth of the step when it did).
+    # What each member's loss needs of its teacher, for every sample, sample-major (n, members, ...).
     which = [m.get("teacher", 0) for m in members]
     logits = tables[which[0]] if len(set(which)) == 1 else torch.stack([tables[t] for t in which])
-    targets = losses.hinton_targets(logits.to(device), T, alpha).permute(2, 0, 1).contiguous().to(x.device)
+    targets = loss.targets(logits.to(device), params_of).to(x.device)
     member_index = torch.arange(n_members, device=x.device)[:, None]
     # The labels each member learns: the true ones, or its teacher's argmax (the hard-label control).
     labels = None
@@ -436,8 +431,8 @@ def train_stacked(modules, members, data, tables, *, epochs, batch_size, lr, wei
     forward = vmap(member_logits, in_dims=(0, 0, None), randomness=randomness)
 
     total = max(steps)
-    opt, sched = make_optimizer([v for v in params.values() if v.requires_grad], optimizer, lr, weight_decay,
-                                momentum, schedule, total)
+    opt, sched = optimiser([v for v in params.values() if v.requires_grad], optimizer, lr, weight_decay, momentum,
+                           schedule, total, device)
     state = {**params, **buffers}
     best = {k: v.detach().clone() for k, v in state.items()}
     has_val = len(data.y_val) > 0
@@ -473,13 +468,13 @@ def train_stacked(modules, members, data, tables, *, epochs, batch_size, lr, wei
         if shared:
             idx = rows[0]
             xb = x.index_select(0, idx).to(device)
-            tb = targets.index_select(0, idx).permute(1, 2, 0).to(device)
+            tb = targets.index_select(0, idx).transpose(0, 1).to(device)
             truth = y[idx].expand(n_members, -1).to(device)
             yb = truth if labels is None else labels[idx].T.to(device)
         else:
             idx = torch.stack(rows)[group_of]
             xb = x[idx].to(device)
-            tb = targets[idx, member_index].transpose(1, 2).to(device)
+            tb = targets[idx, member_index].to(device)
             truth = y[idx].to(device)
             yb = truth if labels is None else labels[idx, member_index].to(device)
             if weights is not None:
@@ -487,12 +482,12 @@ def train_stacked(modules, members, data, tables, *, epochs, batch_size, lr, wei
         weights = None if weights is None else weights.to(device)
         with autocast(device):
             out = forward_train(params, buffers, xb)
-        loss = losses.HintonLoss.apply(out, tb, yb, T, alpha, weights)
+        member_loss = loss.loss(out, tb, yb, params_of, weights)
         opt.zero_grad(set_to_none=True)
-        loss.sum().backward()  # member i's parameters get the gradient of member i's loss only
+        member_loss.sum().backward()  # member i's parameters get the gradient of member i's loss only
         opt.step()
         sched.step()
-        step_loss = loss.detach().double()
+        step_loss = member_loss.detach().double()
         loss_sum += step_loss
         right = out.argmax(-1) == truth  # as fit: against the true labels, whatever the member learns
         correct += (right.sum(-1) if weights is None else (right * weights).sum(-1)).double()
@@ -532,7 +527,10 @@ def train_stacked(modules, members, data, tables, *, epochs, batch_size, lr, wei
         model.load_state_dict({k: v[i].detach().clone() for k, v in best.items()})
         model.train()
         e = member_epochs[i]
-        h = {"epoch": list(range(e)), **{k: v[i][:e] for k, v in record.items()}, "lr": rates[i], "time": times[i]}
+        h = new_history(batch_size, lr, schedule, optimizer)
+        h.update({"epoch": list(range(e)), **{k: v[i][:e] for k, v in record.items()}, "lr": rates[i],
+                  "time": times[i], "world_size": [1] * e})
+        h["terms"] = {loss.term(members[i]): list(h["loss"])}  # fit's: the one term is the loss
         if not has_val:
             h["val_acc"] = [float("nan")] * e
         # No validation split: nothing was selected, so the member keeps its last weights (as in fit).
@@ -579,7 +577,8 @@ def trained_grid(spec, data, teacher, members, *, key=None, **fit_grid_kwargs):
     if not isinstance(spec, dict):
         raise TypeError(f"spec must be a model spec dict (kdnb.models.build), got {type(spec).__name__}")
     teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
-    check_members(members, len(data.y_train), len(teachers))
+    loss = stackable(fit_grid_kwargs.get("loss"))
+    check_members(members, len(data.y_train), len(teachers), loss)
     # A teacher model is named by its weights: its logits would cost a pass over the training split
     # here and another in fit_grid (with augment, fit_grid never needs them at all).
     keys = []
@@ -592,9 +591,15 @@ def trained_grid(spec, data, teacher, members, *, key=None, **fit_grid_kwargs):
     teacher = teachers if isinstance(teacher, (list, tuple)) else teachers[0]
     described = [{**m, "train": store.tensor_hash(m["train"])} if m.get("train") is not None else dict(m)
                  for m in members]  # a member's samples by their indices' checksum
-    config = {"spec": spec, "code": training_code(hinton, sys.modules[__name__]), "data": data_key(data),
+    try:
+        described_loss = describe(loss, "loss")
+    except Uncacheable as err:
+        raise Uncacheable(f"trained_grid() can't cache this grid: {err}") from None
+    code = training_code(sys.modules[__name__], *{sys.modules[c.__module__] for c in type(loss).__mro__
+                                                   if c.__module__.startswith("kdnb.")})
+    config = {"spec": spec, "code": code, "loss": described_loss, "data": data_key(data),
               "teacher": keys if isinstance(teacher, list) else keys[0], "members": described,
-              "fit": {k: v for k, v in fit_grid_kwargs.items() if k not in ("device", "progress")}, "extra": key,
+              "fit": {k: v for k, v in fit_grid_kwargs.items() if k not in ("device", "progress", "loss")}, "extra": key,
               "numerics": devices.numerics(fit_grid_kwargs.get("device"))}
 
     def compute():

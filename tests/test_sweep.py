@@ -5,11 +5,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kdnb import data as kdata, models, sweep
 from kdnb.teachers import TeacherCache
-from kdnb.methods import Distill
+from kdnb.methods import Distill, Stackable
+from kdnb.methods.hinton import TeacherOutputs
 from kdnb.train import NonFiniteLoss, evaluate, fit
 
 FAST = dict(epochs=3, batch_size=32, lr=3e-3, device="cpu", progress=False)
@@ -300,3 +302,83 @@ def test_trained_grid_keys_a_members_samples(small, teacher, fresh_cache, monkey
     assert not calls and again.histories == first.histories  # equal indices: a hit
     sweep.trained_grid(MLP, small, teacher, member(torch.arange(10, n)), **FAST)
     assert calls == [1]  # as many samples, other ones: trained
+
+
+# --- a stackable loss the loop has never seen ---------------------------------------------------
+
+class SoftMSE(TeacherOutputs):
+    """A logit-matching loss defined here alone: ``β · MSE(student logits, teacher logits) +
+    (1 − β) · CE``, as fit trains it."""
+
+    def __init__(self, teacher, beta):
+        super().__init__(teacher)
+        self.beta = beta
+
+    def losses(self, logits, batch):
+        mse = ((logits - self.teacher_logits(batch)) ** 2).mean()
+        return {"mse": self.beta * mse + (1 - self.beta) * F.cross_entropy(logits, batch.y)}
+
+
+class StackedSoftMSE(Stackable):
+    """The same loss for a stack of members, each with its own β: nothing of it is in kdnb.sweep."""
+    params = ("beta",)
+
+    def check(self, member):
+        if not 0 <= member["beta"] <= 1:
+            raise ValueError(f"beta must be in [0, 1], got {member['beta']!r}")
+
+    def targets(self, logits, params):  # the teacher's logits themselves, sample-major (n, members, K)
+        n_members = len(params["beta"])
+        logits = logits.expand(n_members, -1, -1) if logits.dim() == 2 else logits
+        return logits.transpose(0, 1).contiguous()
+
+    def loss(self, out, targets, labels, params, weights):
+        beta = params["beta"][:, None]
+        mse = ((out - targets) ** 2).mean(-1)
+        ce = F.cross_entropy(out.transpose(1, 2), labels, reduction="none")
+        per_sample = beta * mse + (1 - beta) * ce
+        return per_sample.mean(-1) if weights is None else (per_sample * weights).sum(-1) / weights.sum(-1)
+
+    def method(self, teacher, member):
+        return SoftMSE(teacher, member["beta"])
+
+    def term(self, member):
+        return "mse"
+
+
+def test_a_new_stackable_loss_stacks_and_its_members_match_fit(data, small, teacher, fresh_cache):
+    """A loss kdnb.sweep has never seen, defined in this file, stacks: every member (its own β and
+    seed, one on its own samples for more epochs, so batches are padded) ends as fit with the
+    loss's method leaves it, and its history has fit's keys."""
+    members = [{"beta": 0.5, "seed": 0}, {"beta": 1.0, "seed": 1}, {"beta": 0.2, "seed": 2},
+               {"beta": 0.7, "seed": 3, "train": torch.arange(0, len(data.y_train), 3), "epochs": 4}]
+    loss = StackedSoftMSE()
+    r = sweep.fit_grid(MLP, data, teacher, members, loss=loss, **FAST)
+    assert r.vectorized
+    for m, h, model in zip(members, r.histories, r.models):
+        d, method = sweep.member_fit(m, data, [teacher], [teacher], loss)
+        assert isinstance(method, SoftMSE)
+        ref = models.build(MLP, data.shape, data.classes, seed=m["seed"])
+        ref_h = fit(ref, d, method, seed=m["seed"], **{**FAST, "epochs": m.get("epochs", FAST["epochs"])})
+        assert_same_member(h, model, ref_h, ref)
+        assert set(h) == set(ref_h) and set(h["terms"]) == {"mse"}
+        assert h["terms"]["mse"] == pytest.approx(ref_h["terms"]["mse"], abs=1e-5)
+        assert h["batching"] == ref_h["batching"] and h["world_size"] == ref_h["world_size"]
+    cached = sweep.trained_grid(MLP, small, teacher, members, loss=loss, **FAST)  # data_key reads a test split
+    assert [h["best_val_acc"] for h in cached.histories] == [h["best_val_acc"] for h in r.histories]
+    with pytest.raises(ValueError, match=r"members\[0\] = .*beta must be in \[0, 1\], got 2"):
+        sweep.fit_grid(MLP, data, teacher, [{"beta": 2, "seed": 0}], loss=loss, **FAST)
+    with pytest.raises(ValueError, match=r"exactly the keys beta, seed"):
+        sweep.fit_grid(MLP, data, teacher, [{"alpha": 0.5, "T": 2, "seed": 0}], loss=loss, **FAST)
+    with pytest.raises(TypeError, match=r"loss must be a kdnb.methods.Stackable"):
+        sweep.fit_grid(MLP, data, teacher, members, loss=F.mse_loss, **FAST)
+
+
+def test_stacked_members_histories_have_fits_keys(data, teacher):
+    members = [{"alpha": 0.5, "T": 2, "seed": 0}, {"alpha": 0, "T": 1, "seed": 1, "labels": "teacher"}]
+    r = sweep.fit_grid(MLP, data, teacher, members, **FAST)
+    for m, h in zip(members, r.histories):
+        d, method = sweep.member_fit(m, data, [teacher], [teacher])
+        ref_h = fit(models.build(MLP, data.shape, data.classes, seed=m["seed"]), d, method, seed=m["seed"], **FAST)
+        assert set(h) == set(ref_h) and set(h["terms"]) == set(ref_h["terms"])
+        assert h["batching"] == ref_h["batching"] and h["world_size"] == ref_h["world_size"] == [1] * 3

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from .. import losses
 from ..checks import check_alpha, check_number, check_T
 from ..teachers import FrozenTeacher, TeacherCache
-from .base import Method
+from .base import Method, Stackable
 
 
 def as_teacher(teacher):
@@ -94,3 +94,33 @@ class TeacherLabels(TeacherOutputs):
 
     def losses(self, logits, batch):
         return {"ce_teacher": F.cross_entropy(logits, self.teacher_logits(batch).argmax(1))}
+
+
+class StackedHinton(Stackable):
+    """:class:`Distill` (and, for a member with ``labels="teacher"``, :class:`TeacherLabels`, which
+    is Hinton's loss at α = 0 on the teacher's argmax) with each member's own ``alpha`` and ``T``:
+    the stacked loop's default loss. Each member's share of the loss that depends on the teacher
+    alone (:func:`kdnb.losses.hinton_targets`) is computed once per sample."""
+    params = ("alpha", "T")
+
+    def check(self, member):
+        check_alpha(member["alpha"])
+        check_T(member["T"])
+        if member.get("labels") == "teacher" and member["alpha"] != 0:
+            raise ValueError(f"labels='teacher' is cross-entropy with the teacher's hard labels: alpha must be 0, "
+                             f"got {member['alpha']!r}")
+
+    def targets(self, logits, params):
+        # (n, members, 2 × classes): a step gathers whole rows, not 2 × classes × members strided
+        # columns (a tenth of the step when it did)
+        return losses.hinton_targets(logits, params["T"], params["alpha"]).permute(2, 0, 1).contiguous()
+
+    def loss(self, out, targets, labels, params, weights):
+        return losses.HintonLoss.apply(out, targets.transpose(1, 2), labels, params["T"], params["alpha"], weights)
+
+    def method(self, teacher, member):
+        return TeacherLabels(teacher) if member.get("labels") == "teacher" else \
+            Distill(teacher, member["T"], member["alpha"])
+
+    def term(self, member):
+        return "ce_teacher" if member.get("labels") == "teacher" else "kd"
