@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnb import data as kdata, losses, models, sweep, train
+from kdnb import cached, data as kdata, losses, models, sweep, train
 from kdnb.book import profiles
 from kdnb.teachers import TeacherCache
 from kdnb.methods import Distill
@@ -41,7 +41,7 @@ VARIANTS = ("sequential", "grid", "floor")
 
 
 def teacher_logits(profile, data, teacher_epochs):
-    teacher, _ = train.trained(profile.teacher, data, seed=0, epochs=teacher_epochs,
+    teacher, _ = cached.trained(profile.teacher, data, seed=0, epochs=teacher_epochs,
                                batch_size=profile.batch_size, lr=profile.lr)
     return TeacherCache.compute(teacher, data.x_train).logits.cpu()
 

@@ -2,7 +2,7 @@
 
 Born-again networks (Furlanello et al. 2018) and seed 001's "distilled student as teacher" are
 chains of one architecture; a teacher → assistant → student chain (Mirzadeh et al. 2020) is a
-chain of shrinking ones. Each link is ``kdnb.train.trained(spec, data, Distill(previous, T, alpha),
+chain of shrinking ones. Each link is ``kdnb.cached.trained(spec, data, Distill(previous, T, alpha),
 seed=...)``: cached, and keyed on its teacher's weights, so a rerun with another setting for one
 link retrains that link and the ones after it, nothing before. A chain may start from a
 :class:`Root`, a teacher trained from scratch with cross-entropy in the same call: teacher →
@@ -16,7 +16,8 @@ from . import store
 from .checks import check_alpha, check_T
 from .methods import Distill
 from .teachers import FrozenTeacher, TeacherCache, predict
-from .train import progress_bar, trained
+from .cached import trained
+from .train import progress_bar
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Root:
 class ModelOutputs(TeacherCache):
     """A teacher model's logits on every training sample, computed once and looked up by sample
     index (a :class:`~kdnb.teachers.TeacherCache`), named in cache keys by the model's weights and
-    architecture, as ``kdnb.sweep.trained_grid`` names a teacher model: the logits follow from
+    architecture, as ``kdnb.cached.trained_grid`` names a teacher model: the logits follow from
     those and the data (which the key holds), and a GPU's unordered sums can't move the key."""
 
     def __init__(self, model, x):
@@ -82,7 +83,7 @@ def teacher_of(model, data, augment=False):
 
 def distill(teacher, data, link, *, progress=None, **fit_kwargs):
     """One link: the student ``link`` describes, distilled from the model ``teacher`` on ``data``
-    and trained with ``fit``'s arguments (cached by ``kdnb.train.trained``). Returns
+    and trained with ``fit``'s arguments (cached by ``kdnb.cached.trained``). Returns
     ``(model, history)``, the model in eval mode."""
     if not isinstance(link, Link):
         raise TypeError(f"link must be a kdnb.chains.Link, got {type(link).__name__}")

@@ -21,7 +21,6 @@ where that is.
 """
 import copy
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,11 +30,10 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from . import losses, models, store
-from . import device as devices
 from .device import autocast, default_device, fits_on
-from .methods import Stackable, StackedHinton, Uncacheable, describe
+from .methods import Stackable, StackedHinton
 from .teachers import TeacherCache, logits_of, predict
-from .train import NonFiniteLoss, check_fit_args, data_key, fit, new_history, optimiser, progress_default, training_code
+from .train import NonFiniteLoss, check_fit_args, fit, new_history, optimiser, progress_default
 
 # What a member may add, each defaulting to the grid's: its own training samples ("train": indices
 # into data's training split), whose labels it learns ("labels": "true", or "teacher": the
@@ -566,52 +564,3 @@ def evaluate_stacked(forward, base, params, buffers, x, y, device, batch_size=10
         return correct / len(y)
     finally:
         base.train()
-
-
-def trained_grid(spec, data, teacher, members, *, key=None, **fit_grid_kwargs):
-    """``fit_grid`` stored in the kdnb cache by its full config (student spec and the training
-    code, data, the teacher's logits or a teacher model's weights, members, arguments): trained
-    once, loaded after.
-    ``spec`` is a model spec dict; ``teacher`` as in ``fit_grid``. Returns a :class:`GridResult`
-    whose models are on the default device in eval mode."""
-    if not isinstance(spec, dict):
-        raise TypeError(f"spec must be a model spec dict (kdnb.models.build), got {type(spec).__name__}")
-    teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
-    loss = stackable(fit_grid_kwargs.get("loss"))
-    check_members(members, len(data.y_train), len(teachers), loss)
-    # A teacher model is named by its weights: its logits would cost a pass over the training split
-    # here and another in fit_grid (with augment, fit_grid never needs them at all).
-    keys = []
-    for i, t in enumerate(teachers):
-        if isinstance(t, nn.Module):
-            keys.append(store.tensor_hash(*t.state_dict().values(), text=repr(t)))
-        else:
-            teachers[i] = teacher_table(t, data)
-            keys.append(store.tensor_hash(teachers[i]))
-    teacher = teachers if isinstance(teacher, (list, tuple)) else teachers[0]
-    described = [{**m, "train": store.tensor_hash(m["train"])} if m.get("train") is not None else dict(m)
-                 for m in members]  # a member's samples by their indices' checksum
-    try:
-        described_loss = describe(loss, "loss")
-    except Uncacheable as err:
-        raise Uncacheable(f"trained_grid() can't cache this grid: {err}") from None
-    code = training_code(sys.modules[__name__], *{sys.modules[c.__module__] for c in type(loss).__mro__
-                                                   if c.__module__.startswith("kdnb.")})
-    config = {"spec": spec, "code": code, "loss": described_loss, "data": data_key(data),
-              "teacher": keys if isinstance(teacher, list) else keys[0], "members": described,
-              "fit": {k: v for k, v in fit_grid_kwargs.items() if k not in ("device", "progress", "loss")}, "extra": key,
-              "numerics": devices.numerics(fit_grid_kwargs.get("device"))}
-
-    def compute():
-        r = fit_grid(spec, data, teacher, members, **fit_grid_kwargs)
-        return {"states": [{k: v.cpu() for k, v in m.state_dict().items()} for m in r.models],
-                "histories": r.histories, "vectorized": r.vectorized, "note": r.note, "wall_time": r.wall_time}
-
-    stored = store.memo("grids", config, compute)
-    student_models = []
-    for state in stored["states"]:
-        model = models.build(spec, data.shape, data.classes)
-        model.load_state_dict(state)
-        student_models.append(model.to(default_device()).eval())
-    return GridResult([dict(m) for m in members], stored["histories"], student_models, stored["vectorized"],
-                      stored["note"], stored["wall_time"])

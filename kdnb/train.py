@@ -13,7 +13,6 @@ global batch, so the run does what one process with ``batch_size`` does, at any 
 """
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checks, device as devices, losses, models, store, teachers
+from . import device as devices, store
 from .checks import check_number, check_positive_int
 from .data import Data
 from .device import autocast, default_device, fits_on
-from .methods import Batch, CrossEntropy, Uncacheable, as_method, code_of, describe  # noqa: F401  (Batch: the loop's)
-from .methods import base as methods_base
-from .teachers import logits_of, predict
+from .keys import Uncacheable, describe
+from .methods import Batch, CrossEntropy, as_method  # noqa: F401  (Batch: the loop's)
+from .teachers import predict
 
 
 def progress_default():
@@ -628,81 +627,3 @@ def check_finite(values, names, epoch, steps_per_epoch, history, opt):
     raise NonFiniteLoss(f"loss became non-finite at step {step} of epoch {epoch} (global step "
                         f"{epoch * steps_per_epoch + step}): {whose}; last finite loss {last}, "
                         f"lr {opt.param_groups[0]['lr']:.3g}. Lower lr or check the inputs.")
-
-
-def trained(spec, data, method=None, *, seed=0, init=None, key=None, progress=None, device=None, **fit_kwargs):
-    """A model built from ``spec`` (started from ``init``'s weights when given: a model or a state
-    dict) and trained with ``fit``, stored in the kdnb cache by its full config (model spec, the
-    code of the loop and of the method, data, the method's description, fit arguments, seed, the
-    initial weights): computed once, loaded after. Progress and device are not part of the key.
-    A method that can't be described is refused (``kdnb.methods.Uncacheable``), never served
-    another's entry. Returns ``(model, history)``, the model on the default device in eval mode."""
-    method = CrossEntropy() if method is None else as_method(method)
-    if isinstance(init, nn.Module):
-        init = init.state_dict()
-    try:
-        config = {"spec": spec, "code": training_code(method), "data": data_key(data), "method": describe(method),
-                  "fit": fit_kwargs, "seed": seed, "extra": key, "numerics": devices.numerics(device),
-                  "init": store.tensor_hash(*init.values(), text=" ".join(init)) if init else None}
-    except Uncacheable as err:
-        raise Uncacheable(f"trained() can't cache this run: {err}") from None
-
-    def compute():
-        model = models.build(spec, data.shape, data.classes, seed=seed)
-        if init:
-            model.load_state_dict(init)
-        history = fit(model, data, method, seed=seed, progress=progress, device=device, **fit_kwargs)
-        return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "history": history,
-                "method": {k: v.cpu() for k, v in method.state_dict().items()}}
-
-    computed = []
-    stored = memo_once("models", config, lambda: computed.append(1) or compute())
-    model = models.build(spec, data.shape, data.classes)
-    model.load_state_dict(stored["state"])
-    model.to(device or default_device())
-    if not computed:
-        if stored["method"]:  # a trained regressor or discriminator: leave the method as a fresh run would
-            method.to(next(model.parameters()).device)
-            method.setup(model, data)
-            method.load_state_dict(stored["method"])
-        if hasattr(progress, "update"):
-            progress.update(stored["history"]["epoch"][-1] + 1 if stored["history"]["epoch"] else 0)
-    return model.eval(), stored["history"]
-
-
-def memo_once(kind, config, compute):
-    """``store.memo`` with one writer: under torchrun rank 0 looks the entry up and tells the
-    others whether to train with it (``compute`` is collective) or takes the stored value."""
-    world = devices.ranks()
-    if world.size == 1:
-        return store.memo(kind, config, compute)
-    devices.init()
-    if world.main:
-        missed = []
-
-        def compute_together():
-            missed.append(devices.broadcast_object("compute"))
-            return compute()
-        value = store.memo(kind, config, compute_together)
-        if not missed:
-            devices.broadcast_object(("stored", value))
-        return value
-    told = devices.broadcast_object(None)
-    return compute() if told == "compute" else told[1]
-
-
-def training_code(*methods_or_modules):
-    """``{module: source hash}`` of the code that builds and trains a model: the loop, models,
-    losses, teachers, checks, the method protocol, and each method's own modules (or the modules
-    given). In cache keys, an edit to any of them retrains; a new method file retrains nothing."""
-    mods = [checks, devices, losses, models, teachers, methods_base, sys.modules[__name__]]
-    code = {m.__name__: store.source_hash(m) for m in mods}
-    for x in methods_or_modules:
-        code.update(code_of(x) if isinstance(x, nn.Module) else {x.__name__: store.source_hash(x)})
-    return code
-
-
-def data_key(data):
-    """What identifies a data set's contents: name, sizes and a checksum of the tensors."""
-    return {"name": data.name, "sizes": data.sizes(),
-            "sha": store.tensor_hash(data.x_train, data.y_train, data.x_val, data.y_val)}

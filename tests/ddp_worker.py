@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from kdnb import device, distributed, models, store, train
+from kdnb import cached, device, distributed, models, store, train
 from kdnb.data import Data
 from kdnb.methods import GANKD, WGANKD, CrossEntropy, Hint
 from kdnb.teachers import TeacherCache
@@ -80,8 +80,8 @@ def run(mode, out, checkpoint=None, log=None, stall_epoch=None):
         return
     if mode == "trained":  # each rank its own cache folder: only rank 0's may fill
         os.environ["KDNB_CACHE"] = str(Path(out).parent / f"cache.rank{device.launched().rank}")
-        first, h1 = train.trained(STUDENT, data, seed=0, **FIT)
-        again, h2 = train.trained(STUDENT, data, seed=0, **FIT)  # served from rank 0's entry
+        first, h1 = cached.trained(STUDENT, data, seed=0, **FIT)
+        again, h2 = cached.trained(STUDENT, data, seed=0, **FIT)  # served from rank 0's entry
         store.save({"first": first.state_dict(), "again": again.state_dict(), "h1": h1, "h2": h2}, out)
         return
     if mode == "grid":

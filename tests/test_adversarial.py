@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdnb import models, store, train
+from kdnb import cached, models, store, train
 from kdnb.book import profiles
 from kdnb.methods import FrozenD, GANKD, WGANKD, describe
 from kdnb.book.settings import ADVERSARIAL as SETTINGS
@@ -260,9 +260,9 @@ def test_described_for_the_cache_and_restored_on_a_hit(digits, fresh_cache):
     assert describe(WGANKD(teacher, data.classes)) != describe(WGANKD(teacher, data.classes, penalty=5.0))
     assert describe(FrozenD(summing(2))) != describe(FrozenD(summing(2), form="nonsaturating"))
     computed = WGANKD(teacher, data.classes)
-    train.trained(spec, data, computed, **args)
+    cached.trained(spec, data, computed, **args)
     loaded = WGANKD(teacher, data.classes)
-    train.trained(spec, data, loaded, **args)
+    cached.trained(spec, data, loaded, **args)
     assert all(torch.equal(a, b.cpu()) for a, b in zip(computed.state_dict().values(), loaded.state_dict().values()))
     assert not all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
                                                       WGANKD(teacher, data.classes).state_dict().values()))

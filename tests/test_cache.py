@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from kdnb import store, models, train
+from kdnb import cached, models, store, train
 from kdnb.store import CorruptFileError
 from kdnb.teachers import TeacherCache
 from kdnb.methods import Distill
@@ -173,17 +173,17 @@ def count_fits(monkeypatch):
 
 def test_trained_computes_once(digits, fresh_cache, count_fits):
     spec = {"name": "mlp", "hidden": [16]}
-    m1, h1 = train.trained(spec, digits, seed=0, **FIT)
-    m2, h2 = train.trained(spec, digits, seed=0, **FIT)
+    m1, h1 = cached.trained(spec, digits, seed=0, **FIT)
+    m2, h2 = cached.trained(spec, digits, seed=0, **FIT)
     assert len(count_fits) == 1  # the second call loaded from disk
     assert h1 == h2 and not m1.training and not m2.training
     assert all(torch.equal(v, m2.state_dict()[k]) for k, v in m1.state_dict().items())
     assert train.evaluate(m2, digits.x_val, digits.y_val) == h1["best_val_acc"]
     # Anything in the config makes another entry: seed, fit arguments, model, data.
-    train.trained(spec, digits, seed=1, **FIT)
-    train.trained(spec, digits, seed=0, **{**FIT, "lr": 1e-3})
-    train.trained({"name": "mlp", "hidden": [8]}, digits, seed=0, **FIT)
-    train.trained(spec, digits.subset(0.5), seed=0, **FIT)
+    cached.trained(spec, digits, seed=1, **FIT)
+    cached.trained(spec, digits, seed=0, **{**FIT, "lr": 1e-3})
+    cached.trained({"name": "mlp", "hidden": [8]}, digits, seed=0, **FIT)
+    cached.trained(spec, digits.subset(0.5), seed=0, **FIT)
     assert len(count_fits) == 5
     assert len(list((fresh_cache / "models").glob("*.pt"))) == 5
 
@@ -192,11 +192,11 @@ def test_trained_keys_on_the_teacher(digits, fresh_cache, count_fits):
     spec = {"name": "mlp", "hidden": [16]}
     teachers = [models.build(spec, digits.shape, 10, seed=s) for s in (1, 2)]
     for teacher in teachers:
-        train.trained(spec, digits, Distill(teacher, T=4.0, alpha=0.5), **FIT)
+        cached.trained(spec, digits, Distill(teacher, T=4.0, alpha=0.5), **FIT)
     assert len(count_fits) == 2  # two teachers, two students: never one entry for both
-    train.trained(spec, digits, Distill(teachers[0], T=4.0, alpha=0.5), **FIT)
+    cached.trained(spec, digits, Distill(teachers[0], T=4.0, alpha=0.5), **FIT)
     assert len(count_fits) == 2
-    train.trained(spec, digits, Distill(teachers[0], T=2.0, alpha=0.5), **FIT)
+    cached.trained(spec, digits, Distill(teachers[0], T=2.0, alpha=0.5), **FIT)
     assert len(count_fits) == 3
 
 
@@ -318,17 +318,17 @@ def test_an_edited_user_method_or_its_helper_retrains(digits, fresh_cache, count
     unchanged code is served from the cache."""
     mymethods, edit = user_modules
     spec = {"name": "mlp", "hidden": [16]}
-    _, first = train.trained(spec, digits, mymethods.MyLoss(), **FIT)
-    train.trained(spec, digits, mymethods.MyLoss(), **FIT)
+    _, first = cached.trained(spec, digits, mymethods.MyLoss(), **FIT)
+    cached.trained(spec, digits, mymethods.MyLoss(), **FIT)
     assert len(count_fits) == 1
     mymethods = edit("mymethods", "label_smoothing=0.1", "label_smoothing=0.5")
-    _, second = train.trained(spec, digits, mymethods.MyLoss(), **FIT)
+    _, second = cached.trained(spec, digits, mymethods.MyLoss(), **FIT)
     assert len(count_fits) == 2 and second["loss"] != first["loss"]
     mymethods = edit("myhelpers", "return 1.0", "return 2.0")
-    _, third = train.trained(spec, digits, mymethods.MyLoss(), **FIT)
+    _, third = cached.trained(spec, digits, mymethods.MyLoss(), **FIT)
     assert len(count_fits) == 3 and third["loss"] != second["loss"]
     # a plain loss function of the user's module: keyed by the helper module it calls
-    train.trained(spec, digits, mymethods.my_loss, **FIT)
+    cached.trained(spec, digits, mymethods.my_loss, **FIT)
     mymethods = edit("myhelpers", "return 2.0", "return 3.0")
-    train.trained(spec, digits, mymethods.my_loss, **FIT)
+    cached.trained(spec, digits, mymethods.my_loss, **FIT)
     assert len(count_fits) == 5

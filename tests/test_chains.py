@@ -1,4 +1,4 @@
-"""kdnb.chains: each link distilled from the one before, cached by kdnb.train.trained and keyed on
+"""kdnb.chains: each link distilled from the one before, cached by kdnb.cached.trained and keyed on
 its teacher's weights, so a changed link retrains itself and the links after it, nothing before."""
 import pytest
 import torch

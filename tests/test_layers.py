@@ -8,14 +8,16 @@ import pytest
 KDNB = Path(__file__).resolve().parent.parent / "kdnb"
 LIBRARY = [
     {"checks", "store", "device"},                            # ground: no KD knowledge
-    {"losses", "models", "data"},                             # tensors
+    {"losses", "models", "data", "keys"},                     # tensors; cache keys (describe, code, data)
     {"teachers"},                                             # frozen teachers, cached outputs, feature taps
     {"methods.base"},                                         # the protocol
     {"methods.hinton"},                                       # what other methods build on
     {"methods.teacher_free", "methods.features", "methods.adversarial"},
     {"methods.attention", "methods.projectors", "methods"},  # feature methods on features' base
     {"train"},                                                # the one loop
-    {"sweep", "chains", "deploy"},                            # many models, deployment
+    {"sweep", "deploy"},                                      # many models at once, deployment
+    {"cached"},                                               # trained, trained_grid: one memo path
+    {"chains"},                                               # teacher → assistant → student, each cached
     {"distributed", "__init__"},                              # grids over ranks
 ]
 BOOK = [  # the textbook's layer, above the whole library: never imported by it

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnb import models, store, train
+from kdnb import cached, keys, models, store, train
 from kdnb.book import cli
 from kdnb.methods import GANKD, CrossEntropy, Distill, Hint, Method, TeacherLabels, Uncacheable, VirtualTeacher, \
     describe
@@ -146,7 +146,7 @@ def test_fitnets_stage_1_trains_only_the_guided_layers_and_the_regressor(data):
     assert isinstance(method.regressor, nn.Conv2d) and method.regressor.out_channels == 16  # 8 → 16 channels
     assert list(h["terms"]) == ["hint"] and h["terms"]["hint"][-1] < h["terms"]["hint"][0]  # the hint falls
     # Stage 2 from stage 1's weights, cached: it trains every layer.
-    stage2, _ = train.trained({"name": "convnet", "depth": 4, "width": 8, "hidden": 16}, data,
+    stage2, _ = cached.trained({"name": "convnet", "depth": 4, "width": 8, "hidden": 16}, data,
                               Distill(teacher, T=4.0, alpha=0.9), init=student, **FAST)
     assert all(not torch.equal(student.state_dict()[k], v.cpu()) for k, v in stage2.state_dict().items())
     # One stage, hint + KD: the whole student trains and both terms are logged.
@@ -230,7 +230,7 @@ def test_an_indescribable_field_is_refused_naming_it(data, fresh_cache):
     with pytest.raises(Uncacheable, match=r"^method\.sampler is a Generator"):
         describe(method)
     with pytest.raises(Uncacheable, match=r"trained\(\) can't cache this run: method\.sampler is a Generator"):
-        train.trained({"name": "mlp", "hidden": [8]}, data, method, **FAST)
+        cached.trained({"name": "mlp", "hidden": [8]}, data, method, **FAST)
     assert not list(fresh_cache.rglob("*.pt"))
 
 
@@ -242,10 +242,10 @@ def test_a_notebook_class_without_source_is_refused(data):
 
 
 def test_the_code_key_covers_the_teacher_cache_and_only_the_methods_own_files():
-    code = train.training_code(Distill(TeacherCache(torch.zeros(4, 3))))
+    code = keys.training_code(Distill(TeacherCache(torch.zeros(4, 3))))
     assert {"kdnb.teachers", "kdnb.methods.hinton", "kdnb.methods.base", "kdnb.train", "kdnb.losses"} <= set(code)
     assert "kdnb.methods.adversarial" not in code
-    assert "kdnb.methods.adversarial" in train.training_code(GANKD(TeacherCache(torch.zeros(4, 3)), classes=3))
+    assert "kdnb.methods.adversarial" in keys.training_code(GANKD(TeacherCache(torch.zeros(4, 3)), classes=3))
 
 
 def test_progress_and_device_are_not_part_of_the_key(data, fresh_cache, monkeypatch):
@@ -254,8 +254,8 @@ def test_progress_and_device_are_not_part_of_the_key(data, fresh_cache, monkeypa
     monkeypatch.setattr(train, "fit", lambda *a, **k: calls.append(1) or real(*a, **k))
     spec = {"name": "mlp", "hidden": [8]}
     args = dict(epochs=1, batch_size=64, lr=1e-3)
-    train.trained(spec, data, progress=False, device="cpu", **args)
-    train.trained(spec, data, progress=True, **args)
+    cached.trained(spec, data, progress=False, device="cpu", **args)
+    cached.trained(spec, data, progress=True, **args)
     assert len(calls) == 1
 
 
@@ -264,11 +264,11 @@ def test_trained_from_given_weights_is_cached_and_keyed_on_them(data, fresh_cach
     real = train.fit
     monkeypatch.setattr(train, "fit", lambda *a, **k: calls.append(1) or real(*a, **k))
     spec = {"name": "mlp", "hidden": [32]}
-    first, _ = train.trained(spec, data, init=mlp(data, seed=5), **FAST)
-    again, _ = train.trained(spec, data, init=mlp(data, seed=5).state_dict(), **FAST)
+    first, _ = cached.trained(spec, data, init=mlp(data, seed=5), **FAST)
+    again, _ = cached.trained(spec, data, init=mlp(data, seed=5).state_dict(), **FAST)
     assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(first.state_dict().values(),
                                                                        again.state_dict().values()))
-    train.trained(spec, data, init=mlp(data, seed=6), **FAST)
+    cached.trained(spec, data, init=mlp(data, seed=6), **FAST)
     assert len(calls) == 2
 
 
@@ -276,16 +276,16 @@ def test_a_cache_hit_restores_the_methods_trained_parts(data, fresh_cache):
     spec = {"name": "mlp", "hidden": [32]}
     teacher = mlp(data, seed=1)
     computed = GANKD(teacher, classes=data.classes)
-    train.trained(spec, data, computed, **FAST)
+    cached.trained(spec, data, computed, **FAST)
     loaded = GANKD(teacher, classes=data.classes)
-    train.trained(spec, data, loaded, **FAST)
+    cached.trained(spec, data, loaded, **FAST)
     assert all(torch.equal(a, b.cpu()) for a, b in zip(computed.state_dict().values(), loaded.state_dict().values()))
 
 
 def test_cache_clear_and_prune(data, fresh_cache, capsys, monkeypatch):
     spec = {"name": "mlp", "hidden": [8]}
-    train.trained(spec, data, epochs=1, batch_size=64, lr=1e-3)
-    train.trained(spec, data, epochs=1, batch_size=64, lr=2e-3)
+    cached.trained(spec, data, epochs=1, batch_size=64, lr=1e-3)
+    cached.trained(spec, data, epochs=1, batch_size=64, lr=2e-3)
     [a, b] = sorted((fresh_cache / "models").glob("*.pt"))
     config = store.load(a)["config"]
     stale = {**config, "code": {**config["code"], "kdnb.train": "old-code"}}
@@ -346,7 +346,7 @@ def test_a_frozen_teacher_is_not_stored_with_the_student(data, fresh_cache):
     teacher = mlp(data, seed=1, hidden=(256,))
     method = Distill(teacher)
     assert method.state_dict() == {} and not list(method.parameters())
-    train.trained({"name": "mlp", "hidden": [8]}, data, method, **FAST)
+    cached.trained({"name": "mlp", "hidden": [8]}, data, method, **FAST)
     [entry] = (fresh_cache / "models").glob("*.pt")
     assert store.load(entry)["value"]["method"] == {}
     assert entry.stat().st_size < 0.5 * sum(p.numel() * 4 for p in teacher.parameters())

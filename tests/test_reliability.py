@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from kdnb import store, data as kdata, losses, models, train
+from kdnb import cached, data as kdata, keys, losses, models, store, train
 from kdnb.book import cli, profiles
 from kdnb.store import CorruptFileError
 from kdnb.teachers import TeacherCache
@@ -480,7 +480,7 @@ def counted_fit(monkeypatch):
 
 
 def trained(d, objective=None, spec=MLP, **kwargs):
-    return train.trained(spec, d, objective, epochs=1, batch_size=32, device="cpu", progress=False, **kwargs)
+    return cached.trained(spec, d, objective, epochs=1, batch_size=32, device="cpu", progress=False, **kwargs)
 
 
 def test_cache_entry_is_served_only_for_its_own_config(counted_fit, toy, monkeypatch):
@@ -521,16 +521,16 @@ def test_cache_keys_hash_the_training_code_not_only_the_models(counted_fit, toy)
     from kdnb import sweep
     teacher_side = {"kdnb.models", "kdnb.losses", "kdnb.teachers", "kdnb.checks", "kdnb.device", "kdnb.train",
                     "kdnb.methods.base"}
-    assert teacher_side | {"kdnb.methods.hinton"} <= set(train.training_code(CrossEntropy()))
+    assert teacher_side | {"kdnb.methods.hinton"} <= set(keys.training_code(CrossEntropy()))
     # Per method: a CE teacher's key holds no other method's file, so adding one retrains nothing.
-    assert not {"kdnb.methods.features", "kdnb.methods.adversarial"} & set(train.training_code(CrossEntropy()))
-    keys = []
+    assert not {"kdnb.methods.features", "kdnb.methods.adversarial"} & set(keys.training_code(CrossEntropy()))
+    configs = []
     real = store.memo
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(store, "memo", lambda kind, config, compute: keys.append(config) or real(kind, config, compute))
-        sweep.trained_grid(MLP, toy, torch.randn(len(toy.y_train), toy.classes), sweep.grid([0.5], [4]),
-                           epochs=1, batch_size=32, device="cpu", progress=False)
-    assert teacher_side | {"kdnb.sweep", "kdnb.methods.hinton"} <= set(keys[-1]["code"])
+        m.setattr(store, "memo", lambda kind, config, compute: configs.append(config) or real(kind, config, compute))
+        cached.trained_grid(MLP, toy, torch.randn(len(toy.y_train), toy.classes), sweep.grid([0.5], [4]),
+                            epochs=1, batch_size=32, device="cpu", progress=False)
+    assert teacher_side | {"kdnb.sweep", "kdnb.methods.hinton"} <= set(configs[-1]["code"])
 
 
 def test_corrupt_trained_model_entry_is_retrained(counted_fit, toy):

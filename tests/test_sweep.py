@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnb import data as kdata, models, sweep
+from kdnb import cached, data as kdata, models, sweep
 from kdnb.teachers import TeacherCache
 from kdnb.methods import Distill, Stackable
 from kdnb.methods.hinton import TeacherOutputs
@@ -182,9 +182,9 @@ def test_diverging_member_is_named(data, teacher):
 def test_trained_grid_is_computed_once(small, teacher, fresh_cache, monkeypatch):
     data = small  # with its test split: the cache key hashes the data
     members = sweep.grid([0, 1], [4])
-    first = sweep.trained_grid(MLP, data, teacher, members, **FAST)
+    first = cached.trained_grid(MLP, data, teacher, members, **FAST)
     monkeypatch.setattr(sweep, "fit_grid", lambda *a, **k: pytest.fail("trained again instead of loaded"))
-    again = sweep.trained_grid(MLP, data, teacher, members, **FAST)
+    again = cached.trained_grid(MLP, data, teacher, members, **FAST)
     assert again.histories == first.histories and again.rows() == first.rows()
     torch.testing.assert_close(again.models[1].state_dict(), first.models[1].state_dict(), check_device=False)
 
@@ -195,11 +195,11 @@ def test_trained_grid_names_a_teacher_model_by_its_weights(small, fresh_cache, m
     real = TeacherCache.compute
     monkeypatch.setattr(TeacherCache, "compute", classmethod(lambda cls, *a, **k: passes.append(1) or real(*a, **k)))
     members = sweep.grid([0.5], [4])
-    first = sweep.trained_grid(MLP, small, teacher, members, **FAST)
+    first = cached.trained_grid(MLP, small, teacher, members, **FAST)
     assert len(passes) == 1  # one pass over the training split, in fit_grid: none for the cache key
-    again = sweep.trained_grid(MLP, small, teacher, members, **FAST)
+    again = cached.trained_grid(MLP, small, teacher, members, **FAST)
     assert len(passes) == 1 and again.histories == first.histories  # loaded, not trained again
-    sweep.trained_grid(MLP, small, other, members, **FAST)
+    cached.trained_grid(MLP, small, other, members, **FAST)
     assert len(passes) == 2  # another teacher's weights: another entry
 
 
@@ -294,13 +294,13 @@ def test_bad_member_options_are_named(data, teacher, extra, match):
 def test_trained_grid_keys_a_members_samples(small, teacher, fresh_cache, monkeypatch):
     n = len(small.y_train)
     member = lambda idx: [{"alpha": 0.5, "T": 4, "seed": 0, "train": idx}]
-    first = sweep.trained_grid(MLP, small, teacher, member(torch.arange(n - 10)), **FAST)
+    first = cached.trained_grid(MLP, small, teacher, member(torch.arange(n - 10)), **FAST)
     calls = []
     real = sweep.fit_grid
     monkeypatch.setattr(sweep, "fit_grid", lambda *a, **k: calls.append(1) or real(*a, **k))
-    again = sweep.trained_grid(MLP, small, teacher, member(torch.arange(n - 10)), **FAST)
+    again = cached.trained_grid(MLP, small, teacher, member(torch.arange(n - 10)), **FAST)
     assert not calls and again.histories == first.histories  # equal indices: a hit
-    sweep.trained_grid(MLP, small, teacher, member(torch.arange(10, n)), **FAST)
+    cached.trained_grid(MLP, small, teacher, member(torch.arange(10, n)), **FAST)
     assert calls == [1]  # as many samples, other ones: trained
 
 
@@ -364,8 +364,8 @@ def test_a_new_stackable_loss_stacks_and_its_members_match_fit(data, small, teac
         assert set(h) == set(ref_h) and set(h["terms"]) == {"mse"}
         assert h["terms"]["mse"] == pytest.approx(ref_h["terms"]["mse"], abs=1e-5)
         assert h["batching"] == ref_h["batching"] and h["world_size"] == ref_h["world_size"]
-    cached = sweep.trained_grid(MLP, small, teacher, members, loss=loss, **FAST)  # data_key reads a test split
-    assert [h["best_val_acc"] for h in cached.histories] == [h["best_val_acc"] for h in r.histories]
+    stored = cached.trained_grid(MLP, small, teacher, members, loss=loss, **FAST)  # data_key reads a test split
+    assert [h["best_val_acc"] for h in stored.histories] == [h["best_val_acc"] for h in r.histories]
     with pytest.raises(ValueError, match=r"members\[0\] = .*beta must be in \[0, 1\], got 2"):
         sweep.fit_grid(MLP, data, teacher, [{"beta": 2, "seed": 0}], loss=loss, **FAST)
     with pytest.raises(ValueError, match=r"exactly the keys beta, seed"):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kdnb import chains, models, train
+from kdnb import cached, chains, models, train
 from kdnb.book import capacity, settings
 
 SPEC = {"name": "mlp", "hidden": [16]}
@@ -49,7 +49,7 @@ def test_a_root_is_trained_first_and_shares_trained_s_entry(data, fresh_cache, f
     out = chains.chain(root, data, [chains.Link(SPEC, seed=1)], **FIT)
     assert fits == [("CrossEntropy", 5), ("Distill", 1)] and len(out) == 2
     assert len(out[0][1]["epoch"]) == 3 and len(out[1][1]["epoch"]) == 2  # the root's own epochs
-    alone, _ = train.trained(root.spec, data, seed=5, **{**FIT, "epochs": 3})
+    alone, _ = cached.trained(root.spec, data, seed=5, **{**FIT, "epochs": 3})
     assert torch.equal(flat(alone), flat(out[0][0])) and len(fits) == 2
 
 

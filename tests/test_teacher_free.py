@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdnb import losses, models, store, train
+from kdnb import cached, losses, models, store, train
 from kdnb.methods import CrossEntropy, Distill, LabelSmoothing, VirtualTeacher, describe
 from kdnb.teachers import TeacherCache
 
@@ -218,9 +218,9 @@ def test_the_table_follows_the_class_count():
 def test_virtual_teacher_trains_and_caches_by_its_settings(digits, fresh_cache):
     spec = {"name": "mlp", "hidden": [16]}
     kw = {k: v for k, v in FAST.items() if k != "device"}
-    model, h = train.trained(spec, digits, VirtualTeacher(0.9, T=2.0, alpha=0.5), **kw)
+    model, h = cached.trained(spec, digits, VirtualTeacher(0.9, T=2.0, alpha=0.5), **kw)
     assert list(h["terms"]) == ["kd"] and h["best_val_acc"] > 0.3
-    again, _ = train.trained(spec, digits, VirtualTeacher(0.9, T=2.0, alpha=0.5), **kw)
+    again, _ = cached.trained(spec, digits, VirtualTeacher(0.9, T=2.0, alpha=0.5), **kw)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     assert len(list((fresh_cache / "models").glob("*.pt"))) == 1
     keys = {store.key_of(describe(VirtualTeacher(a, T, al))) for a, T, al in

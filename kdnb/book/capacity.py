@@ -21,7 +21,8 @@ from ..data import load
 from ..losses import soft_targets
 from ..methods import Distill
 from ..teachers import predict
-from ..train import progress_bar, trained
+from ..cached import trained
+from ..train import progress_bar
 
 def settings(profile=None):
     """The chapter's settings for ``profile`` (default: ``kdnb.book.profiles.get()``): a copy of

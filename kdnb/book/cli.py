@@ -115,7 +115,7 @@ def main(argv=None):
 def do_list(args, p):
     from dataclasses import asdict
     from .. import data
-    from . import configs, profiles, run as runs, report
+    from . import configs, profiles, run as runs
     if args.name:
         c = configs.get(args.name)
         print(f"{c.name}: {c.description}\nchapter {c.chapter}, seed {c.seed}"
@@ -144,21 +144,21 @@ def default_out(name, profile):
 
 
 def do_run(args, p):
-    from . import run as runs, report
+    from . import run as runs
     out = Path(args.out) if args.out else default_out(args.name, args.profile)
     results = runs.run(args.name, args.profile, args.seeds, args.epochs, out=out, root=args.data)
     summary(results, out)
 
 
 def do_resume(args, p):
-    from . import run as runs, report
+    from . import run as runs
     out = Path(args.dir)
     summary(runs.resume(out, root=args.data), out)
 
 
 def summary(results, out):
     from .. import device
-    from . import run as runs, report
+    from . import report
     if not device.is_main():  # under torchrun: rank 0 reports for all
         return
     print(f"{results['experiment']} ({results['profile']}): teacher {results['teacher']['test_acc']:.1%}")
@@ -169,7 +169,7 @@ def summary(results, out):
 
 
 def do_report(args, p):
-    from . import configs, run as runs, report
+    from . import configs, plots, report
     table = []
     for d in args.dirs:
         r = report.load_results(d)
@@ -184,7 +184,7 @@ def do_report(args, p):
         table += [[r["experiment"], arm, label, v["published"] or "—", report.cell(r, arm)]
                   for arm, v in r["arms"].items()]
         print(f"{d}: figure {figs[0]}", file=sys.stderr)
-    print(report.markdown(table, ["experiment", "model", "profile", "seed's figure", "ours (test accuracy)"]))
+    print(plots.markdown(table, ["experiment", "model", "profile", "seed's figure", "ours (test accuracy)"]))
 
 
 def do_download(args, p):
@@ -204,26 +204,8 @@ COMMANDS = {"list": do_list, "run": do_run, "resume": do_resume, "report": do_re
             "cache": do_cache}
 
 
-def stale(config):
-    """Whether no current code can hit an entry: the code it was keyed on has changed (or is gone)."""
-    import importlib
-    from .. import store
-    code = config.get("code") if isinstance(config, dict) else None
-    if code is None:
-        return not isinstance(config, dict)  # data: keyed on its generator, never stale; unreadable: stale
-    if not isinstance(code, dict):
-        return True  # a key from before per-module code hashes
-    for name, digest in code.items():
-        try:
-            if store.source_hash(importlib.import_module(name)) != digest:
-                return True
-        except ImportError:
-            return True
-    return False
-
-
 def cache(action):
-    from .. import store
+    from .. import keys, store
     entries = store.entries()
     size = lambda items: f"{len(items)} entries, {sum(e[1] for e in items) / 1e6:.1f} MB"
     if action == "show":
@@ -231,7 +213,7 @@ def cache(action):
         for kind in sorted({p.parent.name for p, _, _ in entries}):
             print(f"  {kind}: {size([e for e in entries if e[0].parent.name == kind])}")
         return
-    drop = entries if action == "clear" else [e for e in entries if stale(e[2])]
+    drop = entries if action == "clear" else [e for e in entries if keys.stale(e[2])]
     freed = store.remove(p for p, _, _ in drop)
     print(f"{store.cache_dir()}: removed {len(drop)} entries ({freed / 1e6:.1f} MB); "
           f"kept {size([e for e in entries if e not in drop])}")

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import data as datasets, device, sweep
+from .. import cached, data as datasets, device
 
 from . import profiles
 from ..data import load
 from ..teachers import TeacherCache
 from ..teachers import predict
-from ..train import evaluate, progress_bar, trained
+from ..cached import trained
+from ..train import evaluate, progress_bar
 
 
 def teacher(profile=None, data=None, progress=None):
@@ -136,7 +137,7 @@ def teacher_on(pair, data):
 
 def stacked(pair, pool, runs, steps, seeds=None, progress=None):
     """Students of ``pair`` for every run and seed, step-matched, trained as one stacked grid
-    (``kdnb.sweep.trained_grid``, cached). ``runs`` is ``{name: {"alpha", "T"}}`` with, each
+    (``kdnb.cached.trained_grid``, cached). ``runs`` is ``{name: {"alpha", "T"}}`` with, each
     optionally, ``"train"`` (indices into ``pool``'s training split; default all of it),
     ``"labels"`` (``"teacher"``: the teacher's argmax) and ``"steps"`` (default ``steps``): Hinton
     KD from ``pair``'s teacher at (α, T) on those samples, about ``steps`` steps in whole epochs.
@@ -151,7 +152,7 @@ def stacked(pair, pool, runs, steps, seeds=None, progress=None):
             names.append(name)
     members = [{k: v for k, v in m.items() if k != "steps"} for m in members]
     fit = {k: v for k, v in pair.fit_args.items() if k != "epochs"}
-    grid = sweep.trained_grid(pair.student, pool, teacher_on(pair, pool), members, progress=progress, **fit)
+    grid = cached.trained_grid(pair.student, pool, teacher_on(pair, pool), members, progress=progress, **fit)
     out = {}
     for name, m, model, h in zip(names, members, grid.models, grid.histories):
         n = len(pool.y_train) if m.get("train") is None else len(m["train"])

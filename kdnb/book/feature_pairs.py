@@ -17,7 +17,8 @@ import torch
 from ..data import load
 from ..methods import TeacherFeatures
 from ..teachers import FrozenTeacher, TeacherCache
-from ..train import progress_bar, trained
+from ..cached import trained
+from ..train import progress_bar
 from . import profiles, settings as registry
 from .experiments import teacher as profile_teacher
 

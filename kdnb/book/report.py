@@ -8,7 +8,7 @@ import torch
 
 from .. import store
 from . import configs
-from .plots import markdown, mean_std  # noqa: F401  (kdnb report's table and cells)
+from .plots import mean_std
 
 
 def published_number(text):

@@ -8,7 +8,7 @@ history, the final metrics, the machine, the versions, the wall time) and ``DIR/
 run is resumed by running it again on the same ``DIR`` (``resume``): finished trainings return at
 once from their checkpoints, the interrupted one continues from its last epoch, so the final
 weights equal an uninterrupted run's. Without ``out`` every training goes through the cache
-(``kdnb.train.trained``, the same weights) and nothing is written: what the chapters use.
+(``kdnb.cached.trained``, the same weights) and nothing is written: what the chapters use.
 """
 import json
 import math
@@ -30,7 +30,8 @@ from .report import figures
 from ..chains import teacher_of
 from ..device import default_device, is_main
 from ..methods import GANKD, WGANKD, CrossEntropy, Distill, Hint
-from ..train import evaluate, fit, progress_bar, trained
+from ..cached import trained
+from ..train import evaluate, fit, progress_bar
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ Adding an experiment or a chapter's setting touches this file alone. The library
 outside ``kdnb.book``) knows none of it.
 """
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, replace
 

@@ -1,7 +1,8 @@
 """Distillation methods, one small module per family, all under one protocol (``base``)."""
 from .adversarial import FrozenD, GANKD, WGANKD
 from .attention import Attention
-from .base import Batch, Loss, Method, Player, Stackable, Uncacheable, as_method, code_of, describe
+from ..keys import Uncacheable, code_of, describe
+from .base import Batch, Loss, Method, Player, Stackable, as_method
 from .features import Hint, TeacherFeatures
 from .hinton import CrossEntropy, Distill, StackedHinton, TeacherLabels
 from .projectors import ExpDecay, Projected

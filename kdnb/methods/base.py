@@ -1,4 +1,4 @@
-"""The one protocol every method follows, and the cache description that covers it.
+"""The one protocol every method follows (its cache description: :mod:`kdnb.keys`).
 
 A method is an ``nn.Module`` that tells the loop (``kdnb.train.fit``) what to minimise:
 
@@ -17,23 +17,14 @@ A method is an ``nn.Module`` that tells the loop (``kdnb.train.fit``) what to mi
 
 The method's other trainable parameters (projectors, regressors) train with the student.
 
-:func:`describe` turns a method into the JSON its cache key hashes. It covers every public
-attribute, nested modules, their weights, tensors and functions (source and the values they
-capture); what it can't describe raises :class:`Uncacheable` naming the field: never a silent hit.
-Attributes starting with ``_`` are a method's runtime state (derived from the public ones).
+Attributes starting with ``_`` are a method's runtime state (derived from the public ones); the
+public ones are what :func:`kdnb.keys.describe` puts in a cache key.
 """
-import functools
-import importlib.metadata
-import inspect
-import os
-import sys
-import types
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .. import store
 from ..teachers import logits_of
 
 
@@ -46,10 +37,6 @@ class Batch:
     y: torch.Tensor = None
     idx: torch.Tensor = None
     augmented: bool = False
-
-
-class Uncacheable(TypeError):
-    """A method field that kdnb can't describe, so a result trained with it is not cached."""
 
 
 class Method(nn.Module):
@@ -172,169 +159,3 @@ def as_method(method):
         return Loss(method)
     raise TypeError(f"method must be a kdnb.methods.Method or callable as fn(out, batch) -> loss, "
                     f"got {type(method).__name__}")
-
-
-# nn.Module's own bookkeeping; the weights and children are described on their own.
-MODULE_INTERNALS = {"training", "_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"}
-LIBRARY_TYPES = (torch.device, torch.dtype, torch.Size)
-
-
-def describe(obj, where="method", _seen=None):
-    """A JSON-able description of ``obj`` for cache keys; raises :class:`Uncacheable` naming the
-    first field it can't describe."""
-    seen = set() if _seen is None else _seen
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, LIBRARY_TYPES):
-        return str(obj)
-    if id(obj) in seen:
-        return {"cycle": type(obj).__qualname__}
-    seen = seen | {id(obj)}
-    rec = lambda v, w: describe(v, w, seen)
-    if isinstance(obj, (list, tuple)):
-        return [rec(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    if isinstance(obj, (set, frozenset)):
-        return sorted((rec(v, f"{where}{{}}") for v in obj), key=repr)
-    if isinstance(obj, dict):
-        return {repr(k): rec(v, f"{where}[{k!r}]") for k, v in obj.items()}
-    if isinstance(obj, torch.Tensor):
-        return {"tensor": store.tensor_hash(obj)}
-    if hasattr(obj, "cache_description"):
-        return {"type": type_key(obj, where), **obj.cache_description(lambda v, w: rec(v, f"{where}.{w}"))}
-    if isinstance(obj, nn.Module):
-        fields = {k: rec(v, f"{where}.{k}") for k, v in vars(obj).items()
-                  if k not in MODULE_INTERNALS and not k.startswith("_")}
-        own = [*obj.named_parameters(recurse=False), *obj.named_buffers(recurse=False)]  # children: below
-        weights = store.tensor_hash(*(t for _, t in own), text=" ".join(n for n, _ in own))
-        children = {k: rec(m, f"{where}.{k}") for k, m in obj.named_children()}
-        return {"type": type_key(obj, where), "fields": fields, "weights": weights, "children": children}
-    if isinstance(obj, functools.partial):
-        return {"partial": rec(obj.func, f"{where}.func"), "args": rec(obj.args, f"{where}.args"),
-                "keywords": rec(obj.keywords, f"{where}.keywords")}
-    if inspect.ismethod(obj):
-        return {"bound": rec(obj.__func__, f"{where}.__func__"), "self": rec(obj.__self__, f"{where}.__self__")}
-    if inspect.isfunction(obj):
-        return describe_function(obj, where, seen)
-    if isinstance(obj, type):
-        return {"class": type_key(obj, where, is_type=True)}
-    if isinstance(obj, (types.BuiltinFunctionType, types.ModuleType)):
-        return {"builtin": f"{getattr(obj, '__module__', '')}.{obj.__name__}"}
-    if type(obj).__module__.startswith("kdnb") and hasattr(obj, "__dict__"):  # kdnb's plain records
-        return {"type": type_key(obj, where), "fields": {k: rec(v, f"{where}.{k}") for k, v in vars(obj).items()}}
-    raise Uncacheable(f"{where} is a {type(obj).__qualname__}, which kdnb can't describe for a cache key; "
-                      f"make it a number, string, tensor, module or function, or train with kdnb.train.fit "
-                      f"(uncached)")
-
-
-def type_key(obj, where, is_type=False):
-    """A class named by its module and name, and by its source where that can change under us:
-    kdnb's own classes and a notebook's by the class's source; a user's own module (any file that
-    is not an installed package in site-packages, an editable install included) by the source of
-    that module and of every user module it reaches; a released package by its version. Two
-    classes of one name, or one class before and after an edit, can't share a key."""
-    cls = obj if is_type else type(obj)
-    module = cls.__module__
-    top = module.split(".")[0]
-    if top in ("kdnb", "__main__") or top not in sys.modules or not hasattr(sys.modules[top], "__file__"):
-        try:
-            return f"{module}.{cls.__qualname__}:{store.key_of(inspect.getsource(cls))}"
-        except (OSError, TypeError):
-            raise Uncacheable(f"{where} is an instance of {cls.__qualname__}, whose source kdnb can't read "
-                              f"(defined in a notebook?); define it in a .py file, or train with "
-                              f"kdnb.train.fit (uncached)") from None
-    if not installed(sys.modules.get(module) or sys.modules[top]):
-        return f"{module}.{cls.__qualname__}:{user_code_key(module, where)}"
-    return f"{module}.{cls.__qualname__}@{top}-{package_version(top)}"
-
-
-def installed(mod):
-    """Whether module ``mod`` is part of a released package (under a site-packages folder, or the
-    standard library), whose version names its code; a user's own files are not."""
-    path = getattr(mod, "__file__", None)
-    if not path:
-        return True  # built in
-    top = mod.__name__.split(".")[0]
-    if top in sys.stdlib_module_names:
-        return True
-    parts = set(os.path.normpath(os.path.abspath(path)).split(os.sep))
-    return bool(parts & {"site-packages", "dist-packages"})
-
-
-def user_code_key(module, where):
-    """A hash of the source of the user's module ``module`` and of every user module it reaches
-    through its globals (imported modules, functions and classes), so an edit to a helper it
-    calls changes the key too; a module whose source can't be read is refused."""
-    sources, todo, seen = [], [module], set()
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in sys.modules:
-            continue
-        seen.add(name)
-        mod = sys.modules[name]
-        try:
-            sources.append(f"{name}\n{inspect.getsource(mod)}")
-        except (OSError, TypeError):
-            raise Uncacheable(f"{where} uses code from module {name!r}, whose source kdnb can't read; keep it in a "
-                              f".py file, or train with kdnb.train.fit (uncached)") from None
-        for value in vars(mod).values():
-            dep = value if isinstance(value, types.ModuleType) else sys.modules.get(getattr(value, "__module__", None) or "")
-            if dep is not None and dep.__name__ not in seen and not dep.__name__.startswith("kdnb") and not installed(dep):
-                todo.append(dep.__name__)
-    return store.key_of(sorted(sources))
-
-
-@functools.lru_cache(maxsize=None)
-def package_version(top):
-    # Read once per package: the metadata lookup scans sys.path, and describing a live teacher
-    # asks it for every module of the model (chapter 7's ResNets: thousands of times).
-    try:
-        return importlib.metadata.version(top)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
-
-
-def code_names(code):
-    """Global names a code object (and the functions nested in it) may read."""
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= code_names(const)
-    return names
-
-
-def describe_function(fn, where, seen):
-    """A function by its source, the values its closure captures and the globals it reads: two
-    ``lambda batch: m(batch.x)`` over different models ``m`` get different descriptions."""
-    try:
-        source = inspect.getsource(fn)
-    except (OSError, TypeError):
-        raise Uncacheable(f"{where} is the function {fn.__qualname__}, whose source kdnb can't read; "
-                          f"define it in a file or a notebook cell, or train with kdnb.train.fit (uncached)") from None
-    closure = {}
-    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
-        try:
-            value = cell.cell_contents
-        except ValueError:  # an empty cell: the name was not bound yet
-            value = None
-        closure[name] = describe(value, f"{where} (captured {name!r})", seen)
-    glob = {}
-    for name in sorted(code_names(fn.__code__)):
-        value = fn.__globals__.get(name)
-        if name not in fn.__globals__:
-            continue
-        if isinstance(value, types.ModuleType):  # a user's own module is keyed by its code; a library's by its version
-            if not value.__name__.startswith("kdnb") and not installed(value):
-                glob[name] = {"module": user_code_key(value.__name__, f"{where} (global {name!r})")}
-            continue
-        glob[name] = describe(value, f"{where} (global {name!r})", seen)
-    defaults = describe(fn.__defaults__, f"{where}.__defaults__", seen)
-    return {"function": fn.__qualname__, "source": store.key_of(source), "closure": closure,
-            "globals": glob, "defaults": defaults}
-
-
-def code_of(method):
-    """``{module: hash of its source}`` for the kdnb modules that hold ``method``'s code (its classes
-    and those of its nested methods and players): editing a method retrains what it trained, and a
-    new method file retrains nothing else."""
-    names = {cls.__module__ for m in method.modules() for cls in type(m).__mro__ if cls.__module__.startswith("kdnb.")}
-    return {name: store.source_hash(sys.modules[name]) for name in sorted(names)}

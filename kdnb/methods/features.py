@@ -131,7 +131,7 @@ class Hint(FeatureMethod):
     student's layers up to the guided node, and the regressor (FitNets' first stage); ``stage=None``
     trains the whole student on hint + ``kd`` (a :class:`Distill`, optional) at once, as RepDistiller
     and mdistiller do. Stage 2 is ``Distill`` started from stage 1's weights
-    (``kdnb.train.trained(..., init=stage1_model)``)."""
+    (``kdnb.cached.trained(..., init=stage1_model)``)."""
 
     def __init__(self, teacher, hint, guided, weight=1.0, stage=1, kd=None):
         if stage not in (1, None):
