@@ -140,11 +140,11 @@ def test_teacher_features_are_the_live_teachers_looked_up_by_index(data, teacher
 
 
 def test_schedules_decay_epoch_by_epoch_and_run_inside_feature_methods(data, teacher):
-    T = ExpDecay(0.5, 0.3, 0.95, epochs=8)
-    values = [T(e / 7) for e in range(8)]
+    T = ExpDecay(0.5, 0.3, 0.95)
+    values = [T(e, 8) for e in range(8)]
     assert values[0] == 0.5 and values[1] == pytest.approx(0.475) and values == sorted(values, reverse=True)
-    assert ExpDecay(0.5, 0.3, 0.95, epochs=30)(1.0) == 0.3  # the floor
-    kd = Distill(teacher, T=T, alpha=ExpDecay(0.8, 0.5, 0.95, epochs=8))
+    assert ExpDecay(0.5, 0.3, 0.95)(29, 30) == 0.3  # the floor
+    kd = Distill(teacher, T=T, alpha=ExpDecay(0.8, 0.5, 0.95))
     method = Projected(teacher, STAGES, kd=kd)
     method.start_epoch(3, 8)
     assert kd._T == pytest.approx(0.5 * 0.95 ** 3) and kd._alpha == pytest.approx(0.8 * 0.95 ** 3)
@@ -171,7 +171,7 @@ def test_bad_arguments_are_refused_clearly(data, teacher):
     for make, name in [(lambda: Projected(teacher, STAGES, weight=-0.1), "weight"),
                        (lambda: Attention(teacher, STAGES, beta=-1.0), "beta"),
                        (lambda: Hint(teacher, "4", "4", weight=-1.0), "weight"),
-                       (lambda: ExpDecay(0.5, 0.3, 1.5, 8), "rate")]:
+                       (lambda: ExpDecay(0.5, 0.3, 1.5), "rate")]:
         with pytest.raises(ValueError, match=rf"^{name} must be in (\[|\()"):
             make()
     with pytest.raises(ValueError, match=r"^pairs must be a non-empty list of \(student node, teacher node\)"):

@@ -243,7 +243,7 @@ BAD = [
     bad("Distill T=0", lambda e: Distill(e.teacher, T=0), ValueError, r"^T ", r"got 0$", r"\(0, inf\)"),
     bad("Distill T nan", lambda e: Distill(e.teacher, T=float("nan")), ValueError, r"^T ", r"got nan", r"\(0, inf\)"),
     bad("Distill alpha>1", lambda e: Distill(e.teacher, alpha=1.2), ValueError, r"^alpha ", r"got 1\.2", r"\[0, 1\]"),
-    bad("Distill alpha schedule", lambda e: Distill(e.teacher, alpha=lambda p: 2.0), ValueError, r"^alpha ",
+    bad("Distill alpha schedule", lambda e: Distill(e.teacher, alpha=lambda epoch, epochs: 2.0), ValueError, r"^alpha ",
         r"got 2\.0", r"\[0, 1\]"),
     bad("Distill teacher int", lambda e: Distill(42), TypeError, r"^teacher ", r"got int",
         r"TeacherCache, an nn\.Module or a callable"),

@@ -316,8 +316,8 @@ def test_distill_objective(data):
     # labels=False: the student never sees a label, whatever alpha says.
     pure = Distill(teacher, T=3.0, alpha=0.25, labels=False)(out, batch)
     assert pure.item() == pytest.approx(kd_loss(out, t, 3.0).item(), rel=1e-5)
-    # T and alpha may follow a schedule over training progress in [0, 1].
-    scheduled = Distill(teacher, T=lambda p: 1 + 3 * p, alpha=0.5)
+    # T and alpha may follow a schedule over the epochs: f(epoch, epochs).
+    scheduled = Distill(teacher, T=lambda epoch, epochs: 1 + 3 * epoch / max(1, epochs - 1), alpha=0.5)
     scheduled.start_epoch(0, 5)
     assert scheduled._T == 1.0
     scheduled.start_epoch(4, 5)
@@ -325,7 +325,7 @@ def test_distill_objective(data):
     with pytest.raises(ValueError, match=r"T must be in \(0, inf\)"):
         Distill(teacher, T=0.0)
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
-        Distill(teacher, alpha=lambda p: 2.0)
+        Distill(teacher, alpha=lambda epoch, epochs: 2.0)
 
 
 def test_thread_count_comes_from_the_profile_never_the_load(monkeypatch):

@@ -18,38 +18,24 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from .. import data as datasets, models, store
+from .. import data as datasets, deploy, models, store
 
 from . import configs, profiles, settings
 from .report import figures
 from ..chains import teacher_of
 from ..device import default_device, is_main
-from ..methods import GANKD, WGANKD, CrossEntropy, Distill, Hint
+from ..methods import GANKD, WGANKD, CrossEntropy, Distill, ExpDecay, Hint
 from ..cached import trained
 from ..train import evaluate, fit, progress_bar
 
 
-@dataclass(frozen=True)
-class Decay:
-    """Exponential decay per epoch to a floor, ``max(floor, start · rate^epoch)``, as a schedule
-    of ``kdnb.methods.Distill`` (a function of progress in [0, 1] over ``epochs``)."""
-    start: float
-    floor: float
-    rate: float
-    epochs: int
-
-    def __call__(self, progress):
-        return max(self.floor, self.start * self.rate ** round(progress * max(1, self.epochs - 1)))
-
-
 def kd_decay(teacher, data, ctx, T, alpha):
-    return [Distill(teacher_of(teacher, data, ctx["augment"]), Decay(*T, ctx["epochs"]),
-                    Decay(*alpha, ctx["epochs"]))]
+    return [Distill(teacher_of(teacher, data, ctx["augment"]), ExpDecay(*T), ExpDecay(*alpha))]
 
 
 def fitnets(teacher, data, ctx, hint, guided, T, alpha):
@@ -92,27 +78,20 @@ def needs(config, profile):
     return missing
 
 
-# Each data set's input shape and classes, for building a config's models without its data.
-SHAPES = {"digits": (1, 8, 8), "mnist1d": (1, 40), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
-          "cifar10": (3, 32, 32), "svhn": (3, 32, 32), "notmnist": (1, 28, 28)}
-
-
 FLOPS = {}  # (spec, data) -> flops: a build is checked once per process
 
 
 def flops(spec, data):
     """Forward FLOPs of one input of data set ``data`` through the model ``spec``, built and run
-    on the meta device (no memory, no arithmetic): a check that the model builds and takes the
-    data's inputs, and what one sample costs it."""
-    from torch.utils.flop_counter import FlopCounterMode
+    on the meta device (no memory, no arithmetic) and counted by ``kdnb.deploy.flops``: a check
+    that the model builds and takes the data's inputs, and what one sample costs it."""
     key = json.dumps([spec, data], sort_keys=True)
     if key not in FLOPS:
         with torch.device("meta"):
-            model = models.build(spec, SHAPES[data], 10).eval()
-            x = torch.zeros(1, *SHAPES[data])
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(x)
-        FLOPS[key] = counter.get_total_flops()
+            shape = datasets.SETS[data].shape  # built without the data: its shape from the data sets' table
+            model = models.build(spec, shape, datasets.SETS[data].classes)
+            x = torch.zeros(1, *shape)
+        FLOPS[key] = deploy.flops(model, x)
     return FLOPS[key]
 
 

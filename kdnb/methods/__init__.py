@@ -4,8 +4,8 @@ from .attention import Attention
 from ..keys import Uncacheable, code_of, describe
 from .base import Batch, Loss, Method, Player, Stackable, as_method
 from .features import Hint, TeacherFeatures
-from .hinton import CrossEntropy, Distill, StackedHinton, TeacherLabels
-from .projectors import ExpDecay, Projected
+from .hinton import CrossEntropy, Distill, ExpDecay, StackedHinton, TeacherLabels
+from .projectors import Projected
 from .teacher_free import LabelSmoothing, VirtualTeacher
 
 __all__ = ["Attention", "Batch", "CrossEntropy", "Distill", "ExpDecay", "FrozenD", "GANKD", "Hint", "LabelSmoothing", "Loss", "Method",

@@ -19,8 +19,25 @@ def as_teacher(teacher):
 
 
 def value_at(v, epoch, epochs):
-    """A hyper-parameter that is a number or a schedule ``f(progress in [0, 1]) -> number``."""
-    return v(epoch / max(1, epochs - 1)) if callable(v) else v
+    """A hyper-parameter that is a number or a schedule ``f(epoch, epochs) -> number`` (an
+    :class:`ExpDecay`, or any function of the epoch and the run's number of epochs)."""
+    return v(epoch, epochs) if callable(v) else v
+
+
+class ExpDecay:
+    """The schedule of ``Distill``'s T or α: ``max(floor, start · rate^epoch)``, epoch by epoch
+    (seed 002's "T = 0.5, 0.3, 0.95": start, floor, rate). Called as ``schedule(epoch, epochs)``."""
+
+    def __init__(self, start, floor, rate):
+        self.start = check_number("start", start, low=0, low_open=True)
+        self.floor = check_number("floor", floor, low=0, low_open=True)
+        self.rate = check_number("rate", rate, low=0, high=1, low_open=True)
+
+    def __call__(self, epoch, epochs):
+        return max(self.floor, self.start * self.rate ** epoch)
+
+    def __repr__(self):
+        return f"ExpDecay({self.start}, floor={self.floor}, rate={self.rate})"
 
 
 class CrossEntropy(Method):
@@ -67,7 +84,7 @@ class Distill(TeacherOutputs):
     """Hinton KD: ``alpha · T² · KL(teacher_T || student_T) + (1 − alpha) · CE``, one term ``"kd"``.
 
     With ``labels=False`` the student never sees a label: pure KD on an unlabeled transfer set.
-    ``T`` and ``alpha`` may be schedules ``f(progress) -> value``.
+    ``T`` and ``alpha`` may be schedules ``f(epoch, epochs) -> value`` (:class:`ExpDecay`).
     """
 
     def __init__(self, teacher, T=4.0, alpha=0.9, labels=True):

@@ -1,30 +1,11 @@
 """Seed 002's hybrid: Hinton KD plus ``weight`` · feature MSE through 1×1 projectors that align
 the channel counts stage by stage, with T and α fixed or decaying exponentially
-(:class:`ExpDecay`)."""
+(:class:`kdnb.methods.hinton.ExpDecay`)."""
 from torch import nn
 
 from .. import losses
 from ..checks import check_number
 from .features import FeatureMethod
-
-
-class ExpDecay:
-    """A schedule for ``Distill``'s T or α: ``max(floor, start · rate^epoch)``, epoch by epoch
-    over a run of ``epochs`` (seed 002's "T = 0.5, 0.3, 0.95": start, floor, rate).
-    Called with the run's progress in [0, 1], as ``kdnb.methods.hinton.value_at`` does."""
-
-    def __init__(self, start, floor, rate, epochs):
-        self.start = check_number("start", start, low=0, low_open=True)
-        self.floor = check_number("floor", floor, low=0, low_open=True)
-        self.rate = check_number("rate", rate, low=0, high=1, low_open=True)
-        self.epochs = int(check_number("epochs", epochs, low=1))
-
-    def __call__(self, progress):
-        epoch = round(progress * (self.epochs - 1))
-        return max(self.floor, self.start * self.rate ** epoch)
-
-    def __repr__(self):
-        return f"ExpDecay({self.start}, floor={self.floor}, rate={self.rate})"
 
 
 class Projected(FeatureMethod):
