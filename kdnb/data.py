@@ -18,12 +18,6 @@ import torch
 from .checks import check_number, check_positive_int
 from .store import memo
 
-EMBEDDED = ("digits", "mnist1d")
-TORCHVISION = ("mnist", "fashion_mnist", "cifar10", "svhn")
-FOLDERS = ("notmnist",)  # image folders with no torchvision loader (nor download)
-NAMES = EMBEDDED + TORCHVISION + FOLDERS
-
-
 @dataclass
 class Data:
     name: str
@@ -122,7 +116,7 @@ def load(name, root=None, val_fraction=0.1, seed=0, fraction=1.0, download=False
         raise FileNotFoundError(f"root {str(root)!r} does not exist; pass an existing folder that "
                                 f"holds the {name} files, or download=True")
     with one_thread():  # the same bits whatever torch.get_num_threads() is (reductions' order)
-        loaded = LOADERS[name](data_root(root), download)
+        loaded = SETS[name].loader(data_root(root), download)
         x, y, x_test, y_test, classes = loaded[:5]
         mean, std = statistics(x)
         x, x_test = (x - mean) / std, (x_test - mean) / std
@@ -394,12 +388,26 @@ def load_notmnist(root, download):
     return x[train], y[train], x[test], y[test], 10
 
 
-LOADERS = {
-    "digits": load_digits,
-    "mnist1d": load_mnist1d,
-    "mnist": load_mnist_like("MNIST", "mnist"),
-    "fashion_mnist": load_mnist_like("FashionMNIST", "fashion_mnist"),
-    "cifar10": load_cifar10,
-    "svhn": load_svhn,
-    "notmnist": load_notmnist,
+@dataclass(frozen=True)
+class DataSet:
+    """One row of :data:`SETS`: how a data set loads, its input shape and number of classes, and
+    where it comes from (``embedded``: generated or shipped, ``torchvision``: downloadable,
+    ``folder``: image folders with no torchvision loader, nor download)."""
+    loader: object
+    shape: tuple
+    classes: int
+    source: str
+
+
+# The one table of data sets: load reads it, as do the CLI's help and the configs' model checks.
+SETS = {
+    "digits": DataSet(load_digits, (1, 8, 8), 10, "embedded"),
+    "mnist1d": DataSet(load_mnist1d, (1, 40), 10, "embedded"),
+    "mnist": DataSet(load_mnist_like("MNIST", "mnist"), (1, 28, 28), 10, "torchvision"),
+    "fashion_mnist": DataSet(load_mnist_like("FashionMNIST", "fashion_mnist"), (1, 28, 28), 10, "torchvision"),
+    "cifar10": DataSet(load_cifar10, (3, 32, 32), 10, "torchvision"),
+    "svhn": DataSet(load_svhn, (3, 32, 32), 10, "torchvision"),
+    "notmnist": DataSet(load_notmnist, (1, 28, 28), 10, "folder"),
 }
+NAMES = tuple(SETS)
+TORCHVISION = tuple(n for n, s in SETS.items() if s.source == "torchvision")

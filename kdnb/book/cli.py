@@ -44,6 +44,7 @@ def experiment(text):
 
 
 def parser():
+    from .. import data
     p = Parser(prog="kdnb", description="Helpers of the kdnb knowledge-distillation book: the seed experiments "
                                         "as named configs, their runs and reports, data sets and the cache.")
     sub = p.add_subparsers(dest="command", metavar="command", parser_class=Parser)
@@ -80,7 +81,7 @@ def parser():
     rep.add_argument("dirs", nargs="+", metavar="DIR", help="run folders or results.json files")
     dl = sub.add_parser("download", help="download a torchvision data set (needs internet)",
                         description="Download a torchvision data set into ROOT (default $KDNB_DATA).")
-    dl.add_argument("name", help="mnist, fashion_mnist, cifar10 or svhn")
+    dl.add_argument("name", help=" or ".join([", ".join(data.TORCHVISION[:-1]), data.TORCHVISION[-1]]))
     dl.add_argument("--root", default=None, help="folder to put it in (default $KDNB_DATA)")
     c = sub.add_parser("cache", help="show, clear or prune the cache of trained models and teacher outputs",
                        description="Show, clear or prune the cache of trained models and teacher outputs.")
