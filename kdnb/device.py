@@ -28,9 +28,6 @@ class RendezvousError(ConnectionError):
     """The ranks could not meet: a rendezvous variable is missing, or the others never came."""
 
 
-_local = []  # depth of local(): inside it every process trains alone
-
-
 def env_int(name, low, high=None, default=None):
     text = os.environ.get(name)
     if text is None or text == "":
@@ -60,8 +57,8 @@ def launched():
 
 
 def ranks():
-    """The ranks training together now: torchrun's, or one inside :func:`local`."""
-    return Ranks() if _local else launched()
+    """The ranks training together now: torchrun's (one rank without torchrun)."""
+    return launched()
 
 
 def is_main():
@@ -69,14 +66,6 @@ def is_main():
     return launched().main
 
 
-@contextlib.contextmanager
-def local():
-    """Every process trains alone inside: what a rank does with its own slice of a grid."""
-    _local.append(1)
-    try:
-        yield
-    finally:
-        _local.pop()
 
 
 def default_device():

@@ -4,8 +4,7 @@ without torchrun, for the references).
     torchrun --nproc_per_node=2 tests/ddp_worker.py OUT MODE...
 
 Modes: ``ce`` (cross-entropy, augmentation, cosine schedule), ``gan`` (GANKD: a player with its
-own optimiser), ``wgan`` (WGANKD with a gradient penalty: random points per rank), ``hint`` (FitNets with a live teacher and a regressor), ``grid`` (an α × T grid
-split over the ranks), ``trained`` (the cached form, twice), ``bad`` (a global batch the world size does not divide), ``stall`` (``ce``
+own optimiser), ``wgan`` (WGANKD with a gradient penalty: random points per rank), ``hint`` (FitNets with a live teacher and a regressor), ``trained`` (the cached form, twice), ``bad`` (a global batch the world size does not divide), ``stall`` (``ce``
 with a checkpoint in ``OUT/run.ckpt``: rank 0 stops mid-epoch 1, after steps the checkpoint does
 not hold, notes it in ``OUT/notes`` and waits to be killed) and ``resume`` (``ce`` from that
 checkpoint). Each rank saves what it ended with to ``OUT/MODE.rank{R}.pt``.
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from kdnb import cached, device, distributed, models, store, train
+from kdnb import cached, device, models, store, train
 from kdnb.data import Data
 from kdnb.methods import GANKD, WGANKD, CrossEntropy, Hint
 from kdnb.teachers import TeacherCache
@@ -83,14 +82,6 @@ def run(mode, out, checkpoint=None, log=None, stall_epoch=None):
         first, h1 = cached.trained(STUDENT, data, seed=0, **FIT)
         again, h2 = cached.trained(STUDENT, data, seed=0, **FIT)  # served from rank 0's entry
         store.save({"first": first.state_dict(), "again": again.state_dict(), "h1": h1, "h2": h2}, out)
-        return
-    if mode == "grid":
-        members = distributed.grid([0.0, 0.5, 0.9], [2.0, 4.0])
-        teacher = models.build(TEACHER, data.shape, data.classes, seed=1)
-        r = distributed.fit_grid(STUDENT, data, teacher, members, epochs=2, batch_size=BATCH, lr=1e-2,
-                                 progress=False)
-        store.save({"members": r.members, "histories": r.histories, "note": r.note,
-                    "states": [m.state_dict() for m in r.models]}, out)
         return
     model = models.build(STUDENT, data.shape, data.classes, seed=0)
     method = method_for(mode, data, log, stall_epoch)

@@ -1,7 +1,7 @@
 """The loops under torchrun (issue 19), on the CPU with gloo and two real ranks
 (``torchrun --nproc_per_node=2``, tests/ddp_worker.py): a DDP run ends with the weights of one
 process on the same global batch (student, a method's regressor, a GAN's discriminator), every
-rank with the same ones; a grid split over the ranks gives one process's members; a SIGKILLed
+rank with the same ones; a SIGKILLed
 run resumes to the uninterrupted run's weights, on two ranks or one; a bad world size and a
 missing rendezvous are refused with errors that name them."""
 import math
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdnb import device, distributed, models, store, train
+from kdnb import device, models, store, train
 from kdnb.device import Ranks, RendezvousError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -66,7 +66,7 @@ def ddp(tmp_path_factory):
     """One torchrun launch for every mode (start-up dominates on two loaded cores); the last,
     ``stall``, is SIGKILLed mid-epoch 1 with the whole launch (torchrun and both ranks)."""
     tmp = tmp_path_factory.mktemp("ddp")
-    proc, notes = torchrun(tmp, tmp, "ce", "gan", "wgan", "hint", "grid", "trained", "bad", "stall"), tmp / "notes"
+    proc, notes = torchrun(tmp, tmp, "ce", "gan", "wgan", "hint", "trained", "bad", "stall"), tmp / "notes"
     try:
         deadline = time.monotonic() + 300
         while "stall 1" not in (notes.read_text() if notes.exists() else ""):
@@ -99,7 +99,7 @@ def kill(proc, pids):
 def single(tmp_path_factory):
     """The same runs in one process, this one."""
     tmp = tmp_path_factory.mktemp("single")
-    for mode in ("ce", "gan", "hint", "grid"):
+    for mode in ("ce", "gan", "hint"):
         ddp_worker.run(mode, tmp / f"{mode}.rank0.pt")
     return tmp
 
@@ -135,16 +135,6 @@ def test_only_rank_0_prints_the_global_batch_and_lr(ddp):
     assert out.count(line) == 6, out  # ce, gan, wgan, hint, trained, stall: once each, from rank 0 alone
 
 
-def test_a_grid_split_over_ranks_has_one_process_members(ddp, single):
-    folder, _ = ddp
-    got, one = saved(folder, "grid", 0), saved(single, "grid")
-    assert got["members"] == one["members"] and "split over 2 ranks" in got["note"]
-    for i, (a, b) in enumerate(zip(got["states"], one["states"])):
-        assert_close(a, b, f"member {i}")
-    assert [h["best_val_acc"] for h in got["histories"]] == [h["best_val_acc"] for h in one["histories"]]
-    assert_equal(saved(folder, "grid", 1)["states"][-1], got["states"][-1], "rank 1's gathered last member")
-
-
 def test_only_rank_0_writes_a_cache_entry_and_every_rank_is_served_it(ddp):
     folder, _ = ddp
     assert len(list((folder / "cache.rank0").rglob("models/*.pt"))) == 1
@@ -155,14 +145,6 @@ def test_only_rank_0_writes_a_cache_entry_and_every_rank_is_served_it(ddp):
         assert_equal(got["again"], got["first"], "the served model")
         untimed = [{k: v for k, v in h.items() if k != "time"} for h in (got["h1"], got["h2"])]  # each rank's clock
         assert untimed[0] == untimed[1] and got["h1"]["world_size"] == [2] * ddp_worker.EPOCHS
-
-
-def test_split_and_gather_keep_the_members_order():
-    members = list("abcdefg")
-    parts = [distributed.split(members, Ranks(3, r)) for r in range(3)]
-    assert parts == [[0, 3, 6], [1, 4], [2, 5]]
-    assert sorted(sum(parts, [])) == list(range(7))
-    assert distributed.split(members, Ranks()) == list(range(7))
 
 
 def test_a_global_batch_the_ranks_cannot_share_is_refused(ddp, monkeypatch):
@@ -211,14 +193,12 @@ def test_a_missing_rendezvous_is_named(monkeypatch):
     assert not torch.distributed.is_initialized()
 
 
-def test_one_rank_without_torchrun_and_inside_local(monkeypatch):
+def test_one_rank_without_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert device.ranks() == Ranks() and device.is_main() and device.shared(lambda: 7) == 7
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    with device.local():  # a rank training its own slice of a grid
-        assert device.ranks() == Ranks() and device.launched() == Ranks(2, 1, 1) and not device.is_main()
-    assert device.ranks() == Ranks(2, 1, 1)
+    assert device.ranks() == Ranks(2, 1, 1) == device.launched() and not device.is_main()
 
 
 def test_a_killed_ddp_run_resumes_on_two_ranks_or_one(ddp):

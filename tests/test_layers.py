@@ -18,7 +18,7 @@ LIBRARY = [
     {"sweep", "deploy"},                                      # many models at once, deployment
     {"cached"},                                               # trained, trained_grid: one memo path
     {"chains"},                                               # teacher → assistant → student, each cached
-    {"distributed", "__init__"},                              # grids over ranks
+    {"__init__"},
 ]
 BOOK = [  # the textbook's layer, above the whole library: never imported by it
     {"book.settings"},                                        # the one registry of what is trained
