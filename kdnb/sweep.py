@@ -239,7 +239,7 @@ def fit_grid(make_student, data, teacher, members, *, epochs=10, batch_size=64, 
              max_members_per_chunk=None, vectorize="auto", device=None, progress=None, select="best",
              augment=False, loss=None):
     """Train every member ``{"alpha", "T", "seed"}`` of a grid on ``data`` with Hinton KD from
-    ``teacher``, all at once. ``teacher`` is its logits on every training sample (a
+    ``teacher`` (or with any other stackable ``loss``, the member holding its parameters), all at once. ``teacher`` is its logits on every training sample (a
     ``(n_train, classes)`` tensor or a ``TeacherCache``) or the teacher model: its logits are
     then computed once, unless ``augment`` (``fit``'s) is set, when it runs on every augmented
     batch and the members train one by one (stacked members share one batch, so they can't each
