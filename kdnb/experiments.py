@@ -132,24 +132,31 @@ def teacher_on(pair, data):
     return pair.teacher if pair.fit_args.get("augment") else teacher_outputs(pair.teacher, data)
 
 
-def stacked(pair, pool, runs, steps, seeds=None, progress=None):
+def stacked(pair, pool, runs, steps, seeds=None, progress=None, teachers=None):
     """Students of ``pair`` for every run and seed, step-matched, trained as one stacked grid
     (``kdnb.sweep.trained_grid``, cached). ``runs`` is ``{name: {"alpha", "T"}}`` with, each
     optionally, ``"train"`` (indices into ``pool``'s training split; default all of it),
     ``"labels"`` (``"teacher"``: the teacher's argmax) and ``"steps"`` (default ``steps``): Hinton
     KD from ``pair``'s teacher at (α, T) on those samples, about ``steps`` steps in whole epochs.
+    ``teachers`` (``{name: logits on pool's training split}``, e.g. :func:`bank_tables`) replaces
+    ``pair``'s teacher; a run then names the table it learns from as ``"teacher"``.
     Returns ``{name: {"test_acc", "models", "histories", "epochs", "steps"}}``, seeds in order."""
     seeds = profiles.get().seeds if seeds is None else seeds
+    tables = list(teachers or {})
     batch, members, names = pair.fit_args["batch_size"], [], []
     for name, run in runs.items():
         n = len(pool.y_train) if run.get("train") is None else len(run["train"])
         epochs = profiles.epochs_for(n, run.get("steps", steps), batch)
+        if teachers and run.get("teacher", tables[0]) not in tables:
+            raise ValueError(f"runs[{name!r}]: teacher must name one of the tables {tables}, got {run['teacher']!r}")
+        which = {"teacher": tables.index(run.get("teacher", tables[0]))} if teachers else {}
         for seed in seeds:
-            members.append({**run, "seed": seed, "epochs": epochs})
+            members.append({**run, **which, "seed": seed, "epochs": epochs})
             names.append(name)
     members = [{k: v for k, v in m.items() if k != "steps"} for m in members]
     fit = {k: v for k, v in pair.fit_args.items() if k != "epochs"}
-    grid = sweep.trained_grid(pair.student, pool, teacher_on(pair, pool), members, progress=progress, **fit)
+    teacher = [teachers[k] for k in tables] if teachers else teacher_on(pair, pool)
+    grid = sweep.trained_grid(pair.student, pool, teacher, members, progress=progress, **fit)
     out = {}
     for name, m, model, h in zip(names, members, grid.models, grid.histories):
         n = len(pool.y_train) if m.get("train") is None else len(m["train"])
@@ -159,6 +166,24 @@ def stacked(pair, pool, runs, steps, seeds=None, progress=None):
         r["models"].append(model)
         r["histories"].append(h)
     return out
+
+
+def bank_tables(teacher_model, bank):
+    """The teacher's logits on every row of a bank of views (``kdnb.augment.view_bank``), looked
+    up by (sample, view): ``"consistent"``, on the very view the student sees, and ``"fixed"``, on
+    the row's own sample (view 0), as a target computed once per sample would be."""
+    consistent = device.shared(lambda: TeacherCache.compute(teacher_model, bank.data.x_train)).logits
+    return {"consistent": consistent, "fixed": consistent[bank.samples]}  # rows [0, n): view 0
+
+
+def fidelity(student, teacher_model, data):
+    """How closely ``student`` matches its teacher on ``data``'s test split (Stanton et al. 2021):
+    ``{"agreement": share of test inputs where their top-1 classes agree, "kl": mean
+    KL(teacher ‖ student) at T = 1, in nats}``."""
+    import torch.nn.functional as F
+    zs, zt = predict(student, data.x_test).cpu(), predict(teacher_model, data.x_test).cpu()
+    kl = F.kl_div(F.log_softmax(zs, 1), F.log_softmax(zt, 1), log_target=True, reduction="batchmean")
+    return {"agreement": (zs.argmax(1) == zt.argmax(1)).float().mean().item(), "kl": kl.item()}
 
 
 def raised_bias(model, data, c, shifts=None):

@@ -61,7 +61,9 @@ PROFILES = {
         teacher={"name": "convnet", "depth": 4, "width": 32, "hidden": 128},
         student={"name": "mlp", "hidden": [100, 100]},
         epochs=100, teacher_epochs=30, batch_size=128, lr=1e-2, teacher_lr=3e-3,
-        transfer_set=10000),
+        transfer_set=10000,
+        # "A patient and consistent teacher": views of each training signal in the bank the teacher labels
+        extra={"views": 32}),
     "full": Profile(
         name="full", data="mnist",
         teacher={"name": "mlp", "hidden": [1200, 1200], "dropout": 0.5},
@@ -69,7 +71,8 @@ PROFILES = {
         epochs=60, teacher_epochs=60, batch_size=128, lr=1e-3, teacher_lr=1e-3, threads=8,
         labelled_fraction=0.2,  # the transfer set: the other 80 % of the training images, unlabeled
         # seed 001 exp 1: 1 conv + 4 FC teacher (1,422,378 parameters) → 1 conv + 2 FC student (693,962)
-        extra={"seed001_teacher": {"name": "conv_mlp", "hidden": [256, 128, 32]},
+        extra={"views": 8,  # a bank of views of every training image (8 × 54,000 MNIST images: 1.4 GB)
+               "seed001_teacher": {"name": "conv_mlp", "hidden": [256, 128, 32]},
                "seed001_student": {"name": "conv_mlp", "hidden": [128]},
                # seed 001 exp 2 (the α × T grid): ResNet-18 → 6 conv (BN) + 2 FC on CIFAR-10, trained
                # as the report did: SGD, a decaying learning rate, augmentation (crops and flips).

@@ -9,7 +9,7 @@ KDNB = Path(__file__).resolve().parent.parent / "kdnb"
 LAYERS = [
     {"checks", "store", "device", "profiles"},               # ground: no KD knowledge
     {"losses", "models", "data"},                             # tensors
-    {"teachers"},                                             # frozen teachers, cached outputs, feature taps
+    {"teachers", "augment"},                                  # frozen teachers, cached outputs, feature taps; views
     {"methods.base"},                                         # the protocol
     {"methods.hinton"},                                       # what other methods build on
     {"methods.teacher_free", "methods.features", "methods.adversarial"},
