@@ -176,6 +176,32 @@ def bank_tables(teacher_model, bank):
     return {"consistent": consistent, "fixed": consistent[bank.samples]}  # rows [0, n): view 0
 
 
+@dataclass
+class Patient:
+    """Chapter 2b's setting, for the chapters that build on it: the profile's teacher and data, a
+    bank of views of the training split (``kdnb.augment.view_bank``) with the teacher's tables on
+    it (:func:`bank_tables`), the pair to train students of, and the short and long budgets
+    (whole passes over the bank: the book's usual budget, and four times as many steps)."""
+    teacher: object
+    data: object
+    bank: object
+    tables: dict
+    pair: GridPair
+    short: int
+    long: int
+
+
+def patient(profile=None):
+    """The :class:`Patient` setting of ``profile`` (its teacher trained once, then cached)."""
+    from . import augment
+    p = profiles.get(profile)
+    model, _, data = teacher(p)
+    bank = augment.view_bank(data, augment.default_views(data), views=p.extra["views"], seed=p.seed(0))
+    pair = GridPair(bank.data, model, p.student, {"batch_size": p.batch_size, "lr": p.lr})
+    short = bank.steps_for(p.steps(bank.n), p.batch_size)
+    return Patient(model, data, bank, bank_tables(model, bank), pair, short, 4 * short)
+
+
 def fidelity(student, teacher_model, data):
     """How closely ``student`` matches its teacher on ``data``'s test split (Stanton et al. 2021):
     ``{"agreement": share of test inputs where their top-1 classes agree, "kl": mean
