@@ -75,7 +75,7 @@ def main():
     pairs = common.paired_ratios(variants["KD, live teacher on each view"], variants["KD, bank of views"],
                                  3 * args.repeats)
     print(f"\n- {steps} steps of batch {p.batch_size}; teacher {p.teacher} "
-          f"({models.count_params(teacher):,} parameters), student {p.student}; bank of {VIEWS} views of "
+          f"({sum(t.numel() for t in teacher.parameters()):,} parameters), student {p.student}; bank of {VIEWS} views of "
           f"{len(data.y_train):,} signals ({len(bank.samples):,} rows).")
     print(f"- A live teacher's step costs {common.median(pairs):.2f}× a bank step (median of {len(pairs)} "
           f"back-to-back pairs, quartiles {statistics.quantiles(pairs, n=4)[0]:.2f}–"
