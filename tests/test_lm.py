@@ -175,7 +175,7 @@ def test_score_of_the_truth_itself(language):
     (lambda: tokens.WordKD(small_lm(members=2)), "teacher"),
     (lambda: tokens.OnPolicy(small_lm(), divergence="js"), "divergence"),
     (lambda: tokens.token_ce(torch.zeros(2, 5), torch.zeros(3, dtype=torch.long)), "tokens"),
-    (lambda: lm.HMMLanguage.make(0, states=20, vocab=8), "states * frequent"),
+    (lambda: lm.HMMLanguage.make(0, states=20, vocab=8), r"states \* frequent"),
     (lambda: lm.HMMLanguage.make(0, length=0), "length"),
     (lambda: lm.TinyLM(8, 4, d_model=6, heads=4), "d_model"),
     (lambda: lm.sample(small_lm(members=2), 5, lm.generators([1])), "gens"),
