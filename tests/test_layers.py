@@ -8,11 +8,11 @@ import pytest
 KDNB = Path(__file__).resolve().parent.parent / "kdnb"
 LAYERS = [
     {"checks", "store", "device", "profiles"},               # ground: no KD knowledge
-    {"losses", "models", "data"},                             # tensors
+    {"losses", "models", "data", "lm"},                             # tensors
     {"teachers", "augment"},                                  # frozen teachers, cached outputs, feature taps; views
     {"methods.base"},                                         # the protocol
     {"methods.hinton"},                                       # what other methods build on
-    {"methods.teacher_free", "methods.features", "methods.adversarial"},
+    {"methods.teacher_free", "methods.features", "methods.adversarial", "methods.tokens"},
     {"methods.attention", "methods.projectors", "methods"},  # feature methods on features' base
     {"train"},                                                # the one loop
     {"sweep", "chains", "deploy"},                            # many models, deployment
