@@ -8,11 +8,11 @@ import pytest
 KDNB = Path(__file__).resolve().parent.parent / "kdnb"
 LIBRARY = [
     {"checks", "store", "device"},                            # ground: no KD knowledge
-    {"losses", "models", "data", "keys"},                     # tensors; cache keys (describe, code, data)
-    {"teachers"},                                             # frozen teachers, cached outputs, feature taps
+    {"losses", "models", "data", "keys", "lm"},               # tensors; cache keys (describe, code, data)
+    {"teachers", "augment"},                                  # frozen teachers, cached outputs, feature taps; views
     {"methods.base"},                                         # the protocol
     {"methods.hinton"},                                       # what other methods build on
-    {"methods.teacher_free", "methods.features", "methods.adversarial"},
+    {"methods.teacher_free", "methods.features", "methods.adversarial", "methods.tokens"},
     {"methods.attention", "methods.projectors", "methods"},  # feature methods on features' base
     {"train"},                                                # the one loop
     {"sweep", "deploy"},                                      # many models at once, deployment

@@ -5,7 +5,7 @@ so the pages must work offline. Per page: the title renders, every image loaded,
 typeset by MathJax, no output holds a Python traceback, no ipywidgets control (it would change
 nothing without a kernel), the kernel-free animation sliders change the shown frame, no code
 cell scrolls sideways in the 1280-px viewport (tests/test_book_style.py keeps the lines short),
-each chapter says how it was run, and no script error; from a web server and from file://. Screenshots land in _build/screenshots/ for a person to look at.
+no check's code (an assert, a claims check) is shown, each chapter says how it was run, and no script error; from a web server and from file://. Screenshots land in _build/screenshots/ for a person to look at.
 
 Building the site executes every chapter (minutes), so the test reuses _build/html when the
 stamp `_build/.book-built` (written after a successful `make book`, or by this test) is newer
@@ -332,6 +332,13 @@ def inspect(page, code, screenshot=None):
     problems += [f"code cell scrolls sideways ({sw} px of code in a {cw}-px box): {line!r}"
                  for sw, cw, line in wide]
 
+    # checks: the chapters' asserts and claim checks run in the build but are hidden on the page
+    # (tagged remove-input or remove-cell; tests/test_book_style.py); only their one-line verdict shows
+    shown = page.evaluate("""() => [...document.querySelectorAll('.cell_input pre')]
+        .map(p => p.textContent).filter(t => /^\\s*assert\\b/m.test(t) || /\\.check\\(\\)/.test(t))
+        .map(t => t.trim().split('\\n')[0].slice(0, 60))""")
+    problems += [f"a check's code is shown to readers: {first!r}" for first in shown]
+
     # how the chapter was run, for chapters with code
     if code.strip():
         info = page.locator(".kdnb-run-info")
@@ -374,6 +381,8 @@ BAD_PAGE = """<html><head><title>Other</title></head><body><main><article>
 <div class="cell_output"><pre>Traceback (most recent call last):\n  File "x", line 1</pre></div>
 <div class="cell_input"><pre style="width: 200px; overflow: auto">short = 1
 long_line = "far wider than the 200-px box that holds it"</pre></div>
+<div class="cell_input"><pre>x = 2
+assert x == 2</pre></div>
 <div class="cell_output"><script type="application/vnd.jupyter.widget-view+json">{}</script></div>
 <div class="cell_output"><input type="range" min="0" max="3" value="0"></div>
 <div class="animation"><img src="data:image/gif;base64,R0lGODlhAQABAAAAACw="><input type="range" min="0" max="3" value="0"></div>
@@ -392,7 +401,7 @@ def test_inspect_finds_problems(page, monkeypatch):
     for fault in ["does not name the heading", "MathJax never started", "1 ipywidgets views or state",
                   "1 sliders outside the kernel-free animations",
                   "image not loaded: /missing.png", "missing file: 404 http://127.0.0.1:9/missing.png", "traceback", "no run time", "frame did not change",
-                  "code cell scrolls sideways", "'long_line = \"far wider",
+                  "code cell scrolls sideways", "'long_line = \"far wider", "a check's code is shown",
                   "outside host: https://cdn.example.org/logo.png", "script error"]:
         assert fault in report, f"{fault!r} not reported in:\n{report}"
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from .. import cached, data as datasets, device
 
-from . import profiles
+from . import profiles, settings
 from ..data import load
 from ..teachers import TeacherCache
 from ..teachers import predict
@@ -135,24 +135,31 @@ def teacher_on(pair, data):
     return pair.teacher if pair.fit_args.get("augment") else teacher_outputs(pair.teacher, data)
 
 
-def stacked(pair, pool, runs, steps, seeds=None, progress=None):
+def stacked(pair, pool, runs, steps, seeds=None, progress=None, teachers=None):
     """Students of ``pair`` for every run and seed, step-matched, trained as one stacked grid
     (``kdnb.cached.trained_grid``, cached). ``runs`` is ``{name: {"alpha", "T"}}`` with, each
     optionally, ``"train"`` (indices into ``pool``'s training split; default all of it),
     ``"labels"`` (``"teacher"``: the teacher's argmax) and ``"steps"`` (default ``steps``): Hinton
     KD from ``pair``'s teacher at (α, T) on those samples, about ``steps`` steps in whole epochs.
+    ``teachers`` (``{name: logits on pool's training split}``, e.g. :func:`bank_tables`) replaces
+    ``pair``'s teacher; a run then names the table it learns from as ``"teacher"``.
     Returns ``{name: {"test_acc", "models", "histories", "epochs", "steps"}}``, seeds in order."""
     seeds = profiles.get().seeds if seeds is None else seeds
+    tables = list(teachers or {})
     batch, members, names = pair.fit_args["batch_size"], [], []
     for name, run in runs.items():
         n = len(pool.y_train) if run.get("train") is None else len(run["train"])
         epochs = profiles.epochs_for(n, run.get("steps", steps), batch)
+        if teachers and run.get("teacher", tables[0]) not in tables:
+            raise ValueError(f"runs[{name!r}]: teacher must name one of the tables {tables}, got {run['teacher']!r}")
+        which = {"teacher": tables.index(run.get("teacher", tables[0]))} if teachers else {}
         for seed in seeds:
-            members.append({**run, "seed": seed, "epochs": epochs})
+            members.append({**run, **which, "seed": seed, "epochs": epochs})
             names.append(name)
     members = [{k: v for k, v in m.items() if k != "steps"} for m in members]
     fit = {k: v for k, v in pair.fit_args.items() if k != "epochs"}
-    grid = cached.trained_grid(pair.student, pool, teacher_on(pair, pool), members, progress=progress, **fit)
+    teacher = [teachers[k] for k in tables] if teachers else teacher_on(pair, pool)
+    grid = cached.trained_grid(pair.student, pool, teacher, members, progress=progress, **fit)
     out = {}
     for name, m, model, h in zip(names, members, grid.models, grid.histories):
         n = len(pool.y_train) if m.get("train") is None else len(m["train"])
@@ -162,6 +169,51 @@ def stacked(pair, pool, runs, steps, seeds=None, progress=None):
         r["models"].append(model)
         r["histories"].append(h)
     return out
+
+
+def bank_tables(teacher_model, bank):
+    """The teacher's logits on every row of a bank of views (``kdnb.augment.view_bank``), looked
+    up by (sample, view): ``"consistent"``, on the very view the student sees, and ``"fixed"``, on
+    the row's own sample (view 0), as a target computed once per sample would be."""
+    consistent = device.shared(lambda: TeacherCache.compute(teacher_model, bank.data.x_train)).logits
+    return {"consistent": consistent, "fixed": consistent[bank.samples]}  # rows [0, n): view 0
+
+
+@dataclass
+class Patient:
+    """Chapter 2b's setting, for the chapters that build on it: the profile's teacher and data, a
+    bank of views of the training split (``kdnb.augment.view_bank``) with the teacher's tables on
+    it (:func:`bank_tables`), the pair to train students of, and the short and long budgets
+    (whole passes over the bank: the book's usual budget, and four times as many steps)."""
+    teacher: object
+    data: object
+    bank: object
+    tables: dict
+    pair: GridPair
+    short: int
+    long: int
+
+
+def patient(profile=None):
+    """The :class:`Patient` setting of ``profile`` (its teacher trained once, then cached)."""
+    from .. import augment
+    p = profiles.get(profile)
+    its = settings.chapter("patient", p.name)
+    model, _, data = teacher(p)
+    bank = augment.view_bank(data, augment.default_views(data), views=its["views"], seed=p.seed(0))
+    pair = GridPair(bank.data, model, p.student, {"batch_size": p.batch_size, "lr": p.lr})
+    short = bank.steps_for(p.steps(bank.n), p.batch_size)
+    return Patient(model, data, bank, bank_tables(model, bank), pair, short, its["patience"] * short)
+
+
+def fidelity(student, teacher_model, data):
+    """How closely ``student`` matches its teacher on ``data``'s test split (Stanton et al. 2021):
+    ``{"agreement": share of test inputs where their top-1 classes agree, "kl": mean
+    KL(teacher ‖ student) at T = 1, in nats}``."""
+    import torch.nn.functional as F
+    zs, zt = predict(student, data.x_test).cpu(), predict(teacher_model, data.x_test).cpu()
+    kl = F.kl_div(F.log_softmax(zs, 1), F.log_softmax(zt, 1), log_target=True, reduction="batchmean")
+    return {"agreement": (zs.argmax(1) == zt.argmax(1)).float().mean().item(), "kl": kl.item()}
 
 
 def raised_bias(model, data, c, shifts=None):

@@ -110,3 +110,24 @@ def gain(treated, baseline):
     """Mean paired difference and its standard error (see :func:`paired`)."""
     m, _, se = paired(treated, baseline)
     return m, se
+
+
+def views(x, make_views, ax=None, seed=0, count=3):
+    """One training input and ``count`` of its views (``kdnb.augment``): a signal drawn over its
+    views, or an image beside them."""
+    g = torch.Generator().manual_seed(seed)
+    shown = make_views(x[None].repeat(count, *[1] * x.dim()), g)
+    if x.dim() == 2:  # a signal (channels, length)
+        ax = ax or plt.subplots(figsize=(6.5, 2.8))[1]
+        for i, v in enumerate(shown):
+            ax.plot(v[0], lw=1, alpha=0.8, label=f"view {i + 1}")
+        ax.plot(x[0], lw=2.5, color="k", label="the signal")
+        ax.set(xlabel="sample", ylabel="value (standardised)")
+        ax.legend(fontsize=8, ncol=4, loc="upper right")
+        return ax
+    ax = ax or plt.subplots(figsize=(6.5, 2.8))[1]
+    images = torch.cat([x[None], shown]).float()
+    images = (images - images.amin()) / (images.amax() - images.amin()).clamp_min(1e-6)
+    ax.imshow(torch.cat(list(images), dim=-1).permute(1, 2, 0).squeeze(-1), cmap="gray")
+    ax.set(title="the image and its views", xticks=[], yticks=[])
+    return ax

@@ -496,5 +496,13 @@ ADVERSARIAL = {
 }
 
 
+# Chapters 2b, 3 and 5b (a patient and consistent teacher): the views of each training input in the
+# bank the teacher labels once (quick: 32 of each MNIST-1D signal, 128,000 rows; full: 8 of each
+# MNIST image, 1.4 GB), and the long budget as a multiple of the book's usual one.
+PATIENT = {
+    "quick": {"views": 32, "patience": 4},
+    "full": {"views": 8, "patience": 4},
+}
 
-CHAPTERS = {"capacity": CAPACITY, "feature_pairs": FEATURE_PAIRS, "adversarial": ADVERSARIAL}
+CHAPTERS = {"capacity": CAPACITY, "feature_pairs": FEATURE_PAIRS, "adversarial": ADVERSARIAL,
+            "patient": PATIENT}
