@@ -21,7 +21,8 @@ import statistics
 import torch
 
 import common
-from kdnb import augment, data as kdata, models, profiles, train
+from kdnb import augment, data as kdata, models, train
+from kdnb.book import profiles
 from kdnb.methods import CrossEntropy, Distill
 from kdnb.teachers import TeacherCache
 

@@ -24,7 +24,7 @@ def failure(text, chapter=None):
         chapter = found[-1] if found else None
     cells = list(re.finditer(r"Cell In\[(\d+)\], line (\d+)", text))
     # the chapter's own failing line: the first arrow after the cell's frame (later frames are
-    # inside the library, e.g. the raise in kdnb.stats.Claims.check)
+    # inside the library, e.g. the raise in kdnb.book.stats.Claims.check)
     after = text[cells[-1].end():] if cells else text
     arrows = re.findall(r"^-+> *\d+ (.*)$", after, re.M)[:1] or re.findall(r"^-+> *\d+ (.*)$", text, re.M)
     errors = [m for m in ERROR_LINE.finditer(text)

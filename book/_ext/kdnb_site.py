@@ -8,11 +8,10 @@ The book's own Sphinx extension (build tooling, not part of kdnb), loaded throug
   reads from a file or an intranet. It comes from the npm registry, once: ``npm pack`` tarballs
   are kept in ``_build/.assets``, so later builds need no network.
 - ipywidgets outputs are dropped, with their saved state: on a static page their sliders would
-  move and change nothing. The kernel-free animations (``kdnb.widgets.*_frames``) stay, and an
-  explorer of ``kdnb/explorer.js`` is kept as its own HTML output: the same module and data, live
-  in the browser without a kernel.
+  move and change nothing. An explorer (``kdnb/book/explorer.js``, ``grid_explorer.js``) is kept
+  as its own HTML output: the same module and data, live in the browser without a kernel.
 - matplotlib's ``to_jshtml`` animations link Font Awesome from a CDN for their buttons; the
-  pages get kdnb's inline-SVG icons instead (``kdnb.widgets.offline``).
+  pages get kdnb's inline-SVG icons instead (``kdnb.book.widgets.offline``).
 - Each executed chapter shows under its title how long its code ran, with which profile
   and on which device.
 """
@@ -29,7 +28,7 @@ PACKAGES = {"mathjax": "3.2.2"}
 VENDOR = "offline"  # under the site's _static/
 MATHJAX = f"{VENDOR}/mathjax/tex-mml-chtml.js"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-STATIC_WIDGET = "kdnb-static-widget"  # kdnb.widgets.TemperatureWidget's HTML output
+STATIC_WIDGET = "kdnb-static-widget"  # the HTML output of kdnb.book.widgets' explorers
 LIVE_ONLY = "Live sliders here in JupyterLab (make lab); they need a running kernel, so this page leaves them out."
 
 
@@ -151,7 +150,7 @@ def _device():
 
 
 def _page(app, pagename, templatename, context, doctree):
-    from kdnb.widgets import offline
+    from kdnb.book.widgets import offline
     _drop_repeated_scripts(context)
     if "body" in context:
         context["body"] = offline(context["body"])
@@ -181,7 +180,7 @@ def _add_run_info(app, pagename, context, doctree):
     data = NbMetadataCollector.get_exec_data(app.env, pagename)
     if not data or not data.get("succeeded") or data.get("runtime") is None or "body" not in context:
         return
-    from kdnb.profiles import get
+    from kdnb.book.profiles import get
     if not hasattr(app, "_kdnb_device"):
         app._kdnb_device = _device()
     line = run_info(data["runtime"], get().name, app._kdnb_device)
