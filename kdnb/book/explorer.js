@@ -25,13 +25,7 @@ export function explain(teacher, student, label, T, alpha) {
            loss: alpha * T * T * kl + (1 - alpha) * ce, grad };
 }
 
-const SVG = "http://www.w3.org/2000/svg";
-const el = (tag, attrs = {}, text) => {
-  const node = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  if (text !== undefined) node.textContent = text;
-  return node;
-};
+// el (an SVG element with attributes) comes from svg.js, put before this module by kdnb.book.widgets.
 const fmt = (v) => v.toFixed(4);
 
 function slider(name, label, min, max, step, model) {

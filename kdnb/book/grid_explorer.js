@@ -11,13 +11,7 @@ export function meanSe(xs) {
   return { n, mean: m, se: sd / Math.sqrt(n) };
 }
 
-const SVG = "http://www.w3.org/2000/svg";
-const el = (tag, attrs = {}, text) => {
-  const node = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  if (text !== undefined) node.textContent = text;
-  return node;
-};
+// el (an SVG element with attributes) comes from svg.js, put before this module by kdnb.book.widgets.
 const pts = (v) => (v >= 0 ? "+" : "") + (100 * v).toFixed(1);
 
 function colour(v, lim) {  // red for a loss, blue for a gain, white at 0

@@ -51,6 +51,12 @@ def offline(html):
 
 EXPLORER_JS = Path(__file__).with_name("explorer.js")
 GRID_EXPLORER_JS = Path(__file__).with_name("grid_explorer.js")
+SVG_JS = Path(__file__).with_name("svg.js")  # the helpers both explorers draw with
+
+
+def module_source(path):
+    """An explorer's ES module as it runs: the shared ``svg.js`` helpers, then the module."""
+    return SVG_JS.read_text() + "\n" + path.read_text()
 # On a page with no kernel the module gets the get / set / on / save_changes model anywidget gives.
 STATIC_MODEL_JS = """const staticModel = (values) => {
   const state = { ...values }, listeners = {};
@@ -63,7 +69,7 @@ STATIC_MODEL_JS = """const staticModel = (values) => {
 def static_html(module, state, uid):
     """A page fragment that runs ``module``'s ``render`` on ``state`` with no kernel: the module
     inlined (no file to fetch, no CDN), the state as JSON."""
-    return (f'<div class="kdnb-static-widget" id="{uid}"></div>\n<script type="module">\n{module.read_text()}\n'
+    return (f'<div class="kdnb-static-widget" id="{uid}"></div>\n<script type="module">\n{module_source(module)}\n'
             f"{STATIC_MODEL_JS}\nrender({{model: staticModel({json.dumps(state)}), el: document.getElementById({uid!r})}});\n"
             f"</script>")
 
@@ -92,7 +98,8 @@ def _explorer_classes():
         loss and its gradient on each student logit). In JupyterLab it is an anywidget (traits
         ``T``, ``alpha``, ... sync with the sliders); on the static site its HTML output runs the
         same module with the same data and no kernel."""
-        _esm = _module = EXPLORER_JS
+        _module = EXPLORER_JS
+        _esm = module_source(EXPLORER_JS)
         _state = ("teacher", "student", "label", "class_names", "T", "alpha")
         teacher = traitlets.List(traitlets.Float()).tag(sync=True)
         student = traitlets.List(traitlets.Float()).tag(sync=True)
@@ -109,7 +116,8 @@ def _explorer_classes():
         """An α × T grid of paired gains (``kdnb/grid_explorer.js``): hover a cell for its mean ±
         standard error over seeds, click it (or set ``picked``) for its students' validation curves
         beside the CE-only students'."""
-        _esm = _module = GRID_EXPLORER_JS
+        _module = GRID_EXPLORER_JS
+        _esm = module_source(GRID_EXPLORER_JS)
         _state = ("alphas", "Ts", "cells", "baseline", "picked")
         alphas = traitlets.List().tag(sync=True)
         Ts = traitlets.List().tag(sync=True)
