@@ -103,7 +103,10 @@ def api(lab, method, path, **kwargs):
 
 
 def code_cells_of_md(path):
-    return re.findall(r"^```\{code-cell\}[^\n]*\n(.*?)^```", path.read_text(), re.M | re.S)
+    """The code cells' sources, without their MyST options (``:tags: [remove-input]`` and the blank
+    line after them), which jupytext turns into cell metadata."""
+    cells = re.findall(r"^```\{code-cell\}[^\n]*\n(.*?)^```", path.read_text(), re.M | re.S)
+    return [re.sub(r"\A(?::[\w-]+:[^\n]*\n)+\n?", "", c) for c in cells]
 
 
 @pytest.fixture(scope="module")
