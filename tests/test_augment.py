@@ -151,8 +151,8 @@ def test_fidelity_is_agreement_and_kl():
     d = signals(n=12, length=10)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(10, 3))
-    same = experiments.fidelity(model, model, d)
+    same = experiments.fidelity([model], model, d)[0]
     assert same["agreement"] == 1.0 and abs(same["kl"]) < 1e-6
     other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(10, 3))
-    f = experiments.fidelity(other, model, d)
+    f = experiments.fidelity([other], model, d)[0]
     assert 0 <= f["agreement"] <= 1 and f["kl"] > 0

@@ -206,14 +206,19 @@ def patient(profile=None):
     return Patient(model, data, bank, bank_tables(model, bank), pair, short, its["patience"] * short)
 
 
-def fidelity(student, teacher_model, data):
-    """How closely ``student`` matches its teacher on ``data``'s test split (Stanton et al. 2021):
-    ``{"agreement": share of test inputs where their top-1 classes agree, "kl": mean
-    KL(teacher ‖ student) at T = 1, in nats}``."""
+def fidelity(students, teacher_model, data):
+    """How closely each of ``students`` matches its teacher on ``data``'s test split (Stanton et al.
+    2021), one dict each: ``{"agreement": share of test inputs where their top-1 classes agree,
+    "kl": mean KL(teacher ‖ student) at T = 1, in nats}``. The teacher's test logits are computed
+    once for all of them."""
     import torch.nn.functional as F
-    zs, zt = predict(student, data.x_test).cpu(), predict(teacher_model, data.x_test).cpu()
-    kl = F.kl_div(F.log_softmax(zs, 1), F.log_softmax(zt, 1), log_target=True, reduction="batchmean")
-    return {"agreement": (zs.argmax(1) == zt.argmax(1)).float().mean().item(), "kl": kl.item()}
+    zt = predict(teacher_model, data.x_test).cpu()
+    out = []
+    for student in students:
+        zs = predict(student, data.x_test).cpu()
+        kl = F.kl_div(F.log_softmax(zs, 1), F.log_softmax(zt, 1), log_target=True, reduction="batchmean")
+        out.append({"agreement": (zs.argmax(1) == zt.argmax(1)).float().mean().item(), "kl": kl.item()})
+    return out
 
 
 def raised_bias(model, data, c, shifts=None):

@@ -39,31 +39,30 @@ def check_logit_pair(student_logits, teacher_logits):
                          f"{tuple(student_logits.shape)}")
 
 
-def forward_kl(student_logits, teacher_logits, T=1.0):
-    """Per position: ``T² · Σ_v p_T(v) (log p_T(v) − log q_T(v))``, the word-level KD loss."""
+def softened(student_logits, teacher_logits, T):
+    """``(log q_T, log p_T, T)``: both distributions softened by a checked T, the teacher's out of
+    the gradient graph."""
     check_logit_pair(student_logits, teacher_logits)
     T = check_T(T)
-    log_p = F.log_softmax(teacher_logits.detach() / T, -1)
-    log_q = F.log_softmax(student_logits / T, -1)
+    return F.log_softmax(student_logits / T, -1), F.log_softmax(teacher_logits.detach() / T, -1), T
+
+
+def forward_kl(student_logits, teacher_logits, T=1.0):
+    """Per position: ``T² · Σ_v p_T(v) (log p_T(v) − log q_T(v))``, the word-level KD loss."""
+    log_q, log_p, T = softened(student_logits, teacher_logits, T)
     return T * T * (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
 def reverse_kl(student_logits, teacher_logits, T=1.0):
     """Per position: ``T² · Σ_v q_T(v) (log q_T(v) − log p_T(v))``, MiniLLM's per-token loss."""
-    check_logit_pair(student_logits, teacher_logits)
-    T = check_T(T)
-    log_p = F.log_softmax(teacher_logits.detach() / T, -1)
-    log_q = F.log_softmax(student_logits / T, -1)
+    log_q, log_p, T = softened(student_logits, teacher_logits, T)
     return T * T * (log_q.exp() * (log_q - log_p)).sum(-1)
 
 
 def reverse_kl_grad(student_logits, teacher_logits, T=1.0):
     """The analytic gradient of :func:`reverse_kl` at each position with respect to the student's
     logits z: ``T · q_i (log q_i − log p_i − KL(q ‖ p))`` (softened by T)."""
-    check_logit_pair(student_logits, teacher_logits)
-    T = check_T(T)
-    log_p = F.log_softmax(teacher_logits / T, -1)
-    log_q = F.log_softmax(student_logits / T, -1)
+    log_q, log_p, T = softened(student_logits, teacher_logits, T)
     q = log_q.exp()
     kl = (q * (log_q - log_p)).sum(-1, keepdim=True)
     return T * q * (log_q - log_p - kl)
